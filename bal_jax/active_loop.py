@@ -1,0 +1,419 @@
+"""The active-learning loop (SPEC Steps 1-6) as library code: no flags, explicit arguments.
+
+Usage::
+
+    outs = pretext_outputs(key, pool.images, model=ModelSpec(4, 3, 0.25), settings=pretext_cfg,
+                           mean=ds.mean, std=ds.std)
+    order = bal_order(key, outs.features_ND, num_clusters=10)
+    records = run_cycles(key, method="bal", pool=pool, evaluation=test, counts=(100,) * 5,
+                         context=SelectionContext(bal_order=order, beta=1.0), ...)
+
+`run_cycles` checkpoints after every cycle when given a `RunCheckpointer`, and resumes from
+the latest checkpoint: every random draw is derived from (key, method, cycle), so a resumed
+run reproduces an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import time
+import zlib
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import numpy as np
+from flax import nnx
+
+from bal_jax import train
+from bal_jax.checkpoint import RunCheckpointer
+from bal_jax.methods import (
+    HOT_START,
+    NEEDS_FEATURES,
+    NEEDS_MC_DROPOUT,
+    NEEDS_PROBS,
+    BALOptions,
+    PoolPredictions,
+    SelectionContext,
+    select,
+)
+from bal_jax.models import VGG16
+from bal_jax.subpools import min_beta
+
+# Dropout rate of the classifier for the MC-dropout (DBAL) baseline only.
+DBAL_DROPOUT = 0.5
+DBAL_SAMPLES = 10
+
+
+class Split(NamedTuple):
+    """Images (N, H, W, C) uint8 with labels (N,) int."""
+
+    images: np.ndarray
+    labels: np.ndarray
+
+
+class ModelSpec(NamedTuple):
+    num_classes: int
+    in_channels: int
+    width: float
+
+
+class TrainSettings(NamedTuple):
+    """Optimisation settings of one training stage (SPEC Step 1 / Step 6, paper Table I)."""
+
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    milestones: tuple[int, ...] = ()
+    lr_decay: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    augment: bool = True
+    eval_batch_size: int = 500
+
+
+class PretextOutputs(NamedTuple):
+    features_ND: np.ndarray
+    losses_N: np.ndarray
+
+
+def named_key(key: jax.Array, name: str) -> jax.Array:
+    """A key for a named purpose, stable across processes (no Python hash randomisation)."""
+    return jax.random.fold_in(key, zlib.crc32(name.encode()) & 0x7FFFFFFF)
+
+
+def _fit_kwargs(settings: TrainSettings, mean, std, mesh) -> dict[str, Any]:
+    return dict(
+        epochs=settings.epochs,
+        batch_size=settings.batch_size,
+        learning_rate=settings.learning_rate,
+        milestones=tuple(settings.milestones),
+        lr_decay=settings.lr_decay,
+        momentum=settings.momentum,
+        weight_decay=settings.weight_decay,
+        mean=mean,
+        std=std,
+        mesh=mesh,
+    )
+
+
+def pretext_outputs(
+    key: jax.Array,
+    images: np.ndarray,
+    *,
+    model: ModelSpec,
+    settings: TrainSettings,
+    mean: Sequence[float],
+    std: Sequence[float],
+    mesh=None,
+    progress: Callable | None = None,
+) -> PretextOutputs:
+    """SPEC Steps 1-2 inputs: trains the rotation network, returns pool features and losses.
+
+    Features are those of the upright image (the paper's choice), taken before the
+    4-way classifier; losses are the per-image rotation losses PT4AL sorts by.
+    """
+    net = VGG16(
+        4, in_channels=model.in_channels, width=model.width, rngs=nnx.Rngs(named_key(key, "init"))
+    )
+    train.fit_rotation(
+        named_key(key, "train"),
+        net,
+        images,
+        **_fit_kwargs(settings, mean, std, mesh),
+        progress=progress,
+    )
+    preds = train.predict(
+        net, images, batch_size=settings.eval_batch_size, mean=mean, std=std, mesh=mesh
+    )
+    losses = train.rotation_losses(
+        net, images, batch_size=settings.eval_batch_size, mean=mean, std=std, mesh=mesh
+    )
+    return PretextOutputs(np.asarray(preds.features), np.asarray(losses))
+
+
+def _predict_pool(
+    method, model, key, images, settings: TrainSettings, mean, std, mesh
+) -> PoolPredictions:
+    if method in NEEDS_MC_DROPOUT:
+        mc = train.predict_mc_dropout(
+            key,
+            model,
+            images,
+            num_samples=DBAL_SAMPLES,
+            batch_size=settings.eval_batch_size,
+            mean=mean,
+            std=std,
+            mesh=mesh,
+        )
+        return PoolPredictions(mc_probs_TNC=np.asarray(mc))
+    if method not in NEEDS_PROBS | NEEDS_FEATURES and method != "bal":
+        return PoolPredictions()
+    out = train.predict(
+        model, images, batch_size=settings.eval_batch_size, mean=mean, std=std, mesh=mesh
+    )
+    logits = np.asarray(out.logits, np.float32)
+    probs = np.asarray(jax.nn.softmax(logits, axis=-1))
+    return PoolPredictions(probs_NC=probs, logits_NC=logits, features_ND=np.asarray(out.features))
+
+
+def run_cycles(
+    key: jax.Array,
+    *,
+    method: str,
+    pool: Split,
+    evaluation: Split,
+    counts: Sequence[int],
+    context: SelectionContext,
+    model: ModelSpec,
+    settings: TrainSettings,
+    mean: Sequence[float],
+    std: Sequence[float],
+    warm_start: bool = True,
+    validation: Split | None = None,
+    checkpointer: RunCheckpointer | None = None,
+    on_cycle: Callable[[dict], None] | None = None,
+    stop_after: int | None = None,
+    mesh=None,
+    log: Callable[[str], None] = print,
+) -> list[dict]:
+    """Runs the cycles of one method for one seed (SPEC Steps 3-6).
+
+    Args:
+      key: the seed's key. Cold-start methods share the cycle-0 random set drawn from it;
+        the main model's initial weights are shared by all methods of a seed.
+      method: one of `bal_jax.methods.METHODS`.
+      pool: the unlabeled pool with its (hidden) labels, revealed as images are selected.
+      evaluation: the split whose accuracy is recorded each cycle (the test split).
+      counts: images to label per cycle, k_c.
+      context: orders, pretext features and beta computed once per seed.
+      model: the main network's shape.
+      settings: the main task's optimisation settings.
+      mean, std: per-channel normalisation.
+      warm_start: keep the previous cycle's weights (small/medium budgets) or re-initialise
+        every cycle (large budget), each time with a fresh optimizer and schedule.
+      validation: optional held-out split, accuracy recorded as `val_accuracy`.
+      checkpointer: saves after every cycle and resumes from the latest step.
+      on_cycle: called with each new record (after it is checkpointed).
+      stop_after: run only the first cycles (the beta search); sub-pools are still cut for
+        all `len(counts)` cycles.
+      mesh: device mesh for data parallelism (None = all devices).
+      log: one line per phase.
+
+    Returns:
+      One record per cycle: labeled count and fraction, accuracies, selected pool indices,
+      and seconds per phase. The reported model is the one after the last epoch (no model
+      selection on any split).
+    """
+    pool_size = pool.images.shape[0]
+    num_cycles = len(counts)
+    if sum(counts) > pool_size:
+        raise ValueError(f"the budget ({sum(counts)} images) exceeds the pool ({pool_size})")
+    if method == "bal" and not context.bal_options.uniform_subpools:
+        lowest = min_beta(min_size=max(counts), num_cycles=num_cycles, pool_size=pool_size)
+        if context.beta is None or context.beta < lowest:
+            raise ValueError(f"beta={context.beta} is below its minimum {lowest:.4g} (k*C/N)")
+    spec_dropout = DBAL_DROPOUT if method in NEEDS_MC_DROPOUT else 0.0
+    init_key = named_key(key, "main_init")
+
+    def fresh_model(cycle: int) -> VGG16:
+        k = init_key if warm_start else jax.random.fold_in(init_key, cycle)
+        return VGG16(
+            model.num_classes,
+            in_channels=model.in_channels,
+            width=model.width,
+            dropout=spec_dropout,
+            rngs=nnx.Rngs(k),
+        )
+
+    net = fresh_model(0)
+    label_cycle = np.full(pool_size, -1, np.int32)
+    records: list[dict] = []
+    start = 0
+    if checkpointer is not None:
+        restored = checkpointer.restore(nnx.state(net))
+        if restored is not None:
+            nnx.update(net, restored.state)
+            label_cycle = restored.label_cycle.astype(np.int32)
+            records = list(restored.meta["records"])
+            start = restored.step
+            log(f"[{method}] resumed after cycle {start} of {num_cycles}")
+
+    method_key = named_key(key, method)
+    for cycle in range(start, num_cycles if stop_after is None else stop_after):
+        times: dict[str, float] = {}
+        labeled_mask = label_cycle >= 0
+        t0 = time.perf_counter()
+        preds = PoolPredictions()
+        cycle_key = jax.random.fold_in(method_key, cycle)
+        if cycle > 0:
+            preds = _predict_pool(
+                method, net, named_key(cycle_key, "predict"), pool.images, settings, mean, std, mesh
+            )
+        times["predict"] = time.perf_counter() - t0
+        if cycle == 0 and method not in HOT_START:
+            select_key = named_key(key, "initial_set")  # shared by cold-start methods
+        else:
+            select_key = named_key(cycle_key, "select")
+        t0 = time.perf_counter()
+        picked = np.asarray(
+            select(
+                method,
+                select_key,
+                cycle=cycle,
+                num_cycles=num_cycles,
+                k=int(counts[cycle]),
+                labeled_mask=labeled_mask,
+                context=context,
+                preds=preds,
+            ),
+            np.int64,
+        )
+        times["selection"] = time.perf_counter() - t0
+        _check_selection(picked, labeled_mask, int(counts[cycle]), method, cycle)
+        label_cycle[picked] = cycle
+        labeled = np.flatnonzero(label_cycle >= 0)
+
+        t0 = time.perf_counter()
+        if not warm_start and cycle > 0:
+            net = fresh_model(cycle)
+        history = train.fit(
+            named_key(cycle_key, "train"),
+            net,
+            pool.images[labeled],
+            pool.labels[labeled],
+            **_fit_kwargs(settings, mean, std, mesh),
+            augment=settings.augment,
+        )
+        times["training"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        ev = dict(batch_size=settings.eval_batch_size, mean=mean, std=std, mesh=mesh)
+        acc = float(train.evaluate(net, evaluation.images, evaluation.labels, **ev))
+        record = {
+            "method": method,
+            "cycle": cycle,
+            "num_labeled": int(labeled.size),
+            "fraction": labeled.size / pool_size,
+            "accuracy": acc,
+            "selected": picked.tolist(),
+            "train_loss": _last_loss(history),
+        }
+        if validation is not None:
+            record["val_accuracy"] = float(
+                train.evaluate(net, validation.images, validation.labels, **ev)
+            )
+        times["evaluation"] = time.perf_counter() - t0
+        record["seconds"] = {k: round(v, 3) for k, v in times.items()}
+        records.append(record)
+        if checkpointer is not None:
+            checkpointer.save(
+                cycle + 1, state=nnx.state(net), label_cycle=label_cycle, meta={"records": records}
+            )
+        log(
+            f"[{method}] cycle {cycle + 1}/{num_cycles}: {labeled.size} labeled "
+            f"({100 * labeled.size / pool_size:.1f}%), accuracy {100 * acc:.2f}% "
+            f"(train {times['training']:.1f}s, select {times['selection']:.2f}s)"
+        )
+        if on_cycle is not None:
+            on_cycle(record)
+    return records
+
+
+def _last_loss(history) -> float | None:
+    losses = history.get("loss") if isinstance(history, dict) else None
+    if losses is None or len(losses) == 0:
+        return None
+    return float(np.asarray(losses)[-1])
+
+
+def _check_selection(picked: np.ndarray, labeled_mask: np.ndarray, k: int, method: str, cycle: int):
+    # A sampler bug must never silently lose or duplicate labels.
+    if picked.shape != (k,) or np.unique(picked).size != k or labeled_mask[picked].any():
+        raise RuntimeError(
+            f"{method} returned an invalid selection in cycle {cycle}: expected {k} distinct "
+            f"unlabeled indices, got {picked.size} ({np.unique(picked).size} distinct)"
+        )
+
+
+class BetaSearch(NamedTuple):
+    beta: float
+    scores: dict[float, float]
+    seconds: float
+
+
+def search_beta(
+    key: jax.Array,
+    *,
+    candidates: Sequence[float],
+    search_cycles: int,
+    pool: Split,
+    validation: Split,
+    counts: Sequence[int],
+    context: SelectionContext,
+    model: ModelSpec,
+    settings: TrainSettings,
+    mean: Sequence[float],
+    std: Sequence[float],
+    warm_start: bool = True,
+    done: dict[float, float] | None = None,
+    on_score: Callable[[float, float], None] | None = None,
+    mesh=None,
+    log: Callable[[str], None] = print,
+) -> BetaSearch:
+    """Paper Eq. 9: beta* = argmax_beta validation accuracy after the early cycles.
+
+    Each candidate runs BAL's first `search_cycles` cycles of the schedule (its sub-pools
+    still cut for the full schedule) and is scored on the validation split, never on the
+    test split. Candidates below beta_min are dropped. Ties go to the smaller beta.
+
+    Args:
+      done: scores already measured (resuming a search); `on_score` is called per new one.
+    """
+    pool_size = pool.images.shape[0]
+    lowest = min_beta(min_size=max(counts), num_cycles=len(counts), pool_size=pool_size)
+    grid = sorted({float(b) for b in candidates if b >= lowest})
+    if not grid:
+        raise ValueError(f"no beta candidate reaches the minimum {lowest:.4g}; got {candidates}")
+    if not 1 <= search_cycles <= len(counts):
+        raise ValueError(f"search_cycles must be in [1, {len(counts)}], got {search_cycles}")
+    scores = dict(done or {})
+    t0 = time.perf_counter()
+    for beta in grid:
+        if beta in scores:
+            continue
+        records = run_cycles(
+            key,
+            method="bal",
+            pool=pool,
+            evaluation=validation,
+            counts=counts,
+            context=context._replace(beta=beta),
+            model=model,
+            settings=settings,
+            mean=mean,
+            std=std,
+            warm_start=warm_start,
+            mesh=mesh,
+            log=lambda s: None,
+            stop_after=search_cycles,
+        )
+        scores[beta] = records[-1]["accuracy"]
+        log(f"[beta search] beta={beta:g}: validation accuracy {100 * scores[beta]:.2f}%")
+        if on_score is not None:
+            on_score(beta, scores[beta])
+    best = max(grid, key=lambda b: (scores[b], -b))
+    return BetaSearch(best, {b: scores[b] for b in grid}, time.perf_counter() - t0)
+
+
+__all__ = [
+    "BALOptions",
+    "BetaSearch",
+    "ModelSpec",
+    "PretextOutputs",
+    "Split",
+    "TrainSettings",
+    "named_key",
+    "pretext_outputs",
+    "run_cycles",
+    "search_beta",
+]

@@ -1,0 +1,85 @@
+"""Per-cycle checkpoints of an active-learning run, written atomically with orbax.
+
+Usage::
+
+    ckpt = RunCheckpointer(workdir / "seed0" / "bal")
+    latest = ckpt.restore(abstract_state)        # None on a fresh run
+    ...
+    ckpt.save(cycle + 1, state=nnx.state(model), label_cycle=label_cycle_N, meta={...})
+
+A step is the number of completed cycles. Orbax writes each step into a temporary
+directory and renames it when complete, so a process killed at any point leaves either
+the previous step or the new one, never a half-written checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, NamedTuple
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+
+class Restored(NamedTuple):
+    """A restored step: `step` completed cycles, model state, label cycles and metadata."""
+
+    step: int
+    state: Any
+    label_cycle: np.ndarray
+    meta: dict
+
+
+class RunCheckpointer:
+    """Saves and restores (model state, label cycles, JSON metadata) per cycle.
+
+    `label_cycle_N` is an (N,) int32 array over the pool: the cycle in which each image was
+    labeled, -1 while unlabeled. It holds the labeled set and its order in one fixed-shape
+    array (orbax refuses empty arrays, which a list of indices is before the first cycle).
+    """
+
+    def __init__(self, directory: str | os.PathLike, *, max_to_keep: int = 2):
+        self._manager = ocp.CheckpointManager(
+            os.path.abspath(directory),
+            options=ocp.CheckpointManagerOptions(
+                max_to_keep=max_to_keep,
+                # Synchronous saves: the next cycle mutates the model in place.
+                enable_async_checkpointing=False,
+            ),
+            item_names=("state", "label_cycle", "meta"),
+        )
+
+    def latest_step(self) -> int | None:
+        return self._manager.latest_step()
+
+    def save(self, step: int, *, state: Any, label_cycle: np.ndarray, meta: dict) -> None:
+        """Writes step `step` (completed cycles) atomically."""
+        self._manager.save(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state),
+                label_cycle=ocp.args.ArraySave(np.asarray(label_cycle, np.int32)),
+                meta=ocp.args.JsonSave(meta),
+            ),
+        )
+        self._manager.wait_until_finished()
+
+    def restore(self, abstract_state: Any) -> Restored | None:
+        """Restores the latest step onto `abstract_state`'s structure, or None if none."""
+        step = self._manager.latest_step()
+        if step is None:
+            return None
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
+        out = self._manager.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract),
+                label_cycle=ocp.args.ArrayRestore(),
+                meta=ocp.args.JsonRestore(),
+            ),
+        )
+        return Restored(step, out.state, np.asarray(out.label_cycle), dict(out.meta))
+
+    def close(self) -> None:
+        self._manager.close()

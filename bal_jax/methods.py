@@ -1,0 +1,316 @@
+"""Query strategies: BAL (with its ablations) and the paper's baselines behind one `select`.
+
+Usage, BAL on your own model's outputs (no runner needed)::
+
+    order = bal_jax.bal_order(key, feats_ND, num_clusters=10)        # once, from pretext features
+    picked = bal_jax.bal_select(
+        key, order=order, labeled_mask=labeled_N, cycle=c, num_cycles=5, k=1000, beta=1.2,
+        probs=softmax_NC,                                            # your model, this cycle
+    )
+
+`select` dispatches every method of the runner's `--method` flag. All functions return
+int indices into the pool, distinct and never already labeled.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from bal_jax import kmeans as kmeans_lib
+from bal_jax import sampling, subpools
+
+METHODS = (
+    "bal",
+    "pt4al",
+    "random",
+    "confidence",
+    "entropy",
+    "margin",
+    "coreset",
+    "dbal",
+    "badge",
+    "typiclust",
+)
+# Methods that choose their own first labeled set; the rest start from a random set that
+# is shared by all of them for a given seed.
+HOT_START = frozenset({"bal", "pt4al", "typiclust"})
+# What each method needs from the main model of the previous cycle.
+NEEDS_PROBS = frozenset({"bal", "pt4al", "confidence", "entropy", "margin", "badge"})
+NEEDS_FEATURES = frozenset({"coreset", "badge"})
+NEEDS_MC_DROPOUT = frozenset({"dbal"})
+
+BAL_SAMPLERS = ("confidence", "entropy", "kmeans", "random")
+INDICATORS = ("cdd", "nearest_distance", "pretext_loss")
+
+
+class BALOptions(NamedTuple):
+    """BAL's switches; the defaults are the paper's method.
+
+    sampler: how to pick inside a sub-pool after the first cycle (paper Eq. 8: confidence;
+      Sec. 5.4 ablations: entropy, kmeans, random).
+    descending: sort the indicator descending instead of ascending (ablation).
+    indicator: 'cdd' (paper), 'nearest_distance' (distance to the nearest K-means center) or
+      'pretext_loss' (rotation loss, as PT4AL): the value the pool is sorted by.
+    uniform_subpools: equal, non-overlapping sub-pools (beta = 1, PT4AL-style, Eq. 11).
+    window_variant: 'paper' windows in units of N/C, or 'released' in units of the budget.
+    normalize_logits: the released code's max softmax(z / ||z||) confidence.
+    """
+
+    sampler: str = "confidence"
+    descending: bool = False
+    indicator: str = "cdd"
+    uniform_subpools: bool = False
+    window_variant: str = "paper"
+    normalize_logits: bool = False
+
+
+class PoolPredictions(NamedTuple):
+    """The previous cycle's main model on the whole pool; unused fields may be None."""
+
+    probs_NC: np.ndarray | None = None
+    logits_NC: np.ndarray | None = None
+    features_ND: np.ndarray | None = None
+    mc_probs_TNC: np.ndarray | None = None
+
+
+def bal_order(
+    key: jax.Array,
+    feats_ND: jax.typing.ArrayLike,
+    *,
+    num_clusters: int,
+    indicator: str = "cdd",
+    descending: bool = False,
+    pretext_losses_N: jax.typing.ArrayLike | None = None,
+    chunk_size: int | None = None,
+) -> np.ndarray:
+    """The pool sorted by BAL's indicator, S in the paper (SPEC Step 2), stable.
+
+    Args:
+      key: PRNG key for the K-means++ initialisation.
+      feats_ND: pretext features of the pool.
+      num_clusters: K (the number of classes in the paper).
+      indicator: 'cdd' = d2 - d1 (paper), 'nearest_distance' = d1, 'pretext_loss'.
+      descending: reverse the order (ablation; ties keep index order).
+      pretext_losses_N: per-image rotation loss, required for indicator='pretext_loss'.
+      chunk_size: rows per distance block for large pools.
+
+    Returns:
+      (N,) int64 permutation of the pool.
+    """
+    if indicator not in INDICATORS:
+        raise ValueError(f"unknown indicator {indicator!r}; choose one of {INDICATORS}")
+    if indicator == "pretext_loss":
+        if pretext_losses_N is None:
+            raise ValueError("indicator='pretext_loss' needs pretext_losses_N")
+        value = np.asarray(pretext_losses_N, np.float64)
+    else:
+        result = kmeans_lib.kmeans(key, feats_ND, num_clusters, chunk_size=chunk_size)
+        if indicator == "cdd":
+            value = np.asarray(kmeans_lib.cdd(feats_ND, result.centers, chunk_size=chunk_size))
+        else:
+            d2 = kmeans_lib.pairwise_sq_dists(jnp.asarray(feats_ND), result.centers)
+            value = np.sqrt(np.maximum(np.asarray(d2).min(axis=1), 0.0))
+    if not np.all(np.isfinite(value)):
+        raise ValueError(f"the {indicator} values hold NaN or inf; check the features")
+    return np.argsort(-value if descending else value, kind="stable")
+
+
+def _candidates_mask(idx: np.ndarray, size: int) -> np.ndarray:
+    mask = np.zeros(size, bool)
+    mask[idx] = True
+    return mask
+
+
+def _uncertainty(
+    sampler: str, key, preds: PoolPredictions, cand_mask, k, *, normalize_logits=False
+):
+    if preds.probs_NC is None:
+        raise ValueError(f"the {sampler} sampler needs the main model's probabilities")
+    if sampler == "confidence":
+        return sampling.least_confidence(
+            preds.probs_NC,
+            cand_mask,
+            k,
+            logits=preds.logits_NC,
+            normalize_logits=normalize_logits,
+        )
+    if sampler == "entropy":
+        return sampling.entropy(preds.probs_NC, cand_mask, k)
+    if sampler == "margin":
+        return sampling.margin(preds.probs_NC, cand_mask, k)
+    raise ValueError(f"unknown uncertainty sampler {sampler!r}")
+
+
+def bal_select(
+    key: jax.Array,
+    *,
+    order: np.ndarray,
+    labeled_mask: np.ndarray,
+    cycle: int,
+    num_cycles: int,
+    k: int,
+    beta: float,
+    probs: np.ndarray | None = None,
+    logits: np.ndarray | None = None,
+    features: np.ndarray | None = None,
+    budget: int | None = None,
+    options: BALOptions | None = None,
+) -> np.ndarray:
+    """BAL's query for one cycle (paper Eq. 6-8): sub-pool, then sample inside it.
+
+    Args:
+      key: PRNG key (used by the random and kmeans samplers).
+      order: (N,) the pool in indicator order, from `bal_order`.
+      labeled_mask: (N,) bool, True where already labeled.
+      cycle: 0-based cycle c (the paper's i = c + 1).
+      num_cycles: C, the number of cycles of the budget.
+      k: images to label this cycle.
+      beta: balancing factor (window width beta * N / C).
+      probs, logits: (N, C) outputs of the model trained in the previous cycle; needed from
+        cycle 1 on by the confidence/entropy samplers (logits only with normalize_logits).
+      features: (N, D) features for the kmeans sampler.
+      budget: per-cycle budget A, for options.window_variant='released'.
+      options: the ablation switches (default: the paper's BAL).
+
+    Returns:
+      (k,) distinct pool indices, none previously labeled.
+    """
+    options = options or BALOptions()
+    order = np.asarray(order)
+    labeled_mask = np.asarray(labeled_mask, bool)
+    pool_size = order.shape[0]
+    cand = subpools.subpool(
+        order,
+        labeled_mask,
+        cycle=cycle,
+        num_cycles=num_cycles,
+        beta=1.0 if options.uniform_subpools else beta,
+        min_size=k,
+        variant=options.window_variant,
+        budget=budget if budget is not None else k,
+    )
+    cand = np.asarray(cand)
+    if cycle == 0:
+        # Paper Step 5: the first k of D_1 in indicator order (no model yet).
+        return np.asarray(sampling.first_k(order, _candidates_mask(cand, pool_size), k))
+    mask = _candidates_mask(cand, pool_size)
+    if options.sampler == "random":
+        return np.asarray(sampling.random(key, mask, k))
+    if options.sampler == "kmeans":
+        if features is None:
+            raise ValueError("the kmeans sampler needs features")
+        return np.asarray(sampling.kmeans_centers(key, features, mask, k))
+    if options.sampler not in BAL_SAMPLERS:
+        raise ValueError(f"unknown BAL sampler {options.sampler!r}; choose one of {BAL_SAMPLERS}")
+    preds = PoolPredictions(probs_NC=probs, logits_NC=logits)
+    return np.asarray(
+        _uncertainty(
+            options.sampler, key, preds, mask, k, normalize_logits=options.normalize_logits
+        )
+    )
+
+
+def pt4al_select(
+    key: jax.Array,
+    *,
+    loss_order: np.ndarray,
+    labeled_mask: np.ndarray,
+    cycle: int,
+    num_cycles: int,
+    k: int,
+    probs: np.ndarray | None = None,
+) -> np.ndarray:
+    """PT4AL: pretext loss descending, equal batches, confidence sampling inside a batch.
+
+    The first cycle takes k images at even intervals of the first batch, as PT4AL's code
+    does. `loss_order` must come from a numeric sort (the released code sorted strings).
+    """
+    del key
+    labeled_mask = np.asarray(labeled_mask, bool)
+    pool_size = loss_order.shape[0]
+    cand = np.asarray(
+        subpools.subpool(
+            loss_order, labeled_mask, cycle=cycle, num_cycles=num_cycles, beta=1.0, min_size=k
+        )
+    )
+    if cycle == 0:
+        picks = cand[np.floor(np.arange(k) * (cand.shape[0] / k)).astype(np.int64)]
+        return picks
+    return np.asarray(sampling.least_confidence(probs, _candidates_mask(cand, pool_size), k))
+
+
+class SelectionContext(NamedTuple):
+    """Everything computed once per seed that the methods draw on."""
+
+    bal_order: np.ndarray | None = None
+    pt4al_order: np.ndarray | None = None
+    pretext_features_ND: np.ndarray | None = None
+    beta: float | None = None
+    bal_options: BALOptions = BALOptions()
+
+
+def select(
+    method: str,
+    key: jax.Array,
+    *,
+    cycle: int,
+    num_cycles: int,
+    k: int,
+    labeled_mask: np.ndarray,
+    context: SelectionContext,
+    preds: PoolPredictions,
+) -> np.ndarray:
+    """One cycle's query for any method of `METHODS`.
+
+    Cold-start methods (not in HOT_START) label a random set in cycle 0; the caller passes
+    the same key for it to every such method so they share it.
+
+    Returns:
+      (k,) distinct indices of unlabeled pool images.
+    """
+    labeled_mask = np.asarray(labeled_mask, bool)
+    unlabeled = ~labeled_mask
+    if method == "bal":
+        return bal_select(
+            key,
+            order=context.bal_order,
+            labeled_mask=labeled_mask,
+            cycle=cycle,
+            num_cycles=num_cycles,
+            k=k,
+            beta=context.beta,
+            probs=preds.probs_NC,
+            logits=preds.logits_NC,
+            features=context.pretext_features_ND,
+            options=context.bal_options,
+        )
+    if method == "pt4al":
+        return pt4al_select(
+            key,
+            loss_order=context.pt4al_order,
+            labeled_mask=labeled_mask,
+            cycle=cycle,
+            num_cycles=num_cycles,
+            k=k,
+            probs=preds.probs_NC,
+        )
+    if method == "typiclust":
+        return np.asarray(
+            sampling.typiclust(key, context.pretext_features_ND, labeled_mask, unlabeled, k)
+        )
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
+    if cycle == 0 or method == "random":
+        return np.asarray(sampling.random(key, unlabeled, k))
+    if method in ("confidence", "entropy", "margin"):
+        return np.asarray(_uncertainty(method, key, preds, unlabeled, k))
+    if method == "coreset":
+        return np.asarray(sampling.kcenter_greedy(preds.features_ND, labeled_mask, unlabeled, k))
+    if method == "dbal":
+        return np.asarray(sampling.bald(preds.mc_probs_TNC, unlabeled, k))
+    # badge
+    return np.asarray(sampling.badge(key, preds.probs_NC, preds.features_ND, unlabeled, k))

@@ -1,0 +1,176 @@
+"""Experiment configuration: one frozen dataclass and the presets that fill it.
+
+Each preset's docstring names the command that uses it. Flags given on the command line
+override preset fields (see `experiments/main.py`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable
+
+from bal_jax.budgets import BUDGETS
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Everything that decides an experiment's numbers (plus which methods/seeds to run)."""
+
+    preset: str = "digits_cpu"
+    dataset: str = "digits"
+    data_dir: str | None = None
+    image_size: int | None = None
+    # Class-balanced subset of the training split used as pool + validation (None = all).
+    train_subset: int | None = None
+    val_size: int = 200
+    data_seed: int = 0
+
+    budget: str = "small"
+    fractions: tuple[float, ...] | None = None  # overrides `budget`'s schedule
+    warm_start: bool | None = None  # None: warm for small/medium, scratch for large (SPEC)
+
+    methods: tuple[str, ...] = ("bal", "random")
+    seeds: tuple[int, ...] = (0,)
+
+    width: float = 0.125
+    pretext_epochs: int = 15
+    pretext_batch_size: int = 64
+    pretext_lr: float = 0.1
+    pretext_milestones: tuple[int, ...] = (10,)
+    epochs: int = 30
+    batch_size: int = 32
+    lr: float = 0.05
+    milestones: tuple[int, ...] = (20,)
+    eval_batch_size: int = 500
+
+    num_clusters: int | None = None  # None: the number of classes (SPEC Step 2)
+    beta: float | None = None  # None: searched on the validation split (paper Eq. 9)
+    beta_grid: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0, 2.5, 3.0)
+    beta_search_cycles: int = 2
+
+    bal_sampler: str = "confidence"
+    cdd_order: str = "ascending"
+    indicator: str = "cdd"
+    subpools: str = "adaptive"
+    window_variant: str = "paper"
+    normalize_logits: bool = False
+
+    @property
+    def schedule(self) -> tuple[float, ...]:
+        return tuple(self.fractions) if self.fractions else BUDGETS[self.budget]
+
+    @property
+    def budget_name(self) -> str:
+        return "custom" if self.fractions else self.budget
+
+    @property
+    def use_warm_start(self) -> bool:
+        if self.warm_start is not None:
+            return self.warm_start
+        return self.budget_name != "large"
+
+    def fingerprint(self) -> dict:
+        """The fields a workdir is bound to: all but which methods and seeds to run."""
+        d = dataclasses.asdict(self)
+        for name in ("methods", "seeds", "preset"):
+            d.pop(name)
+        return json.loads(json.dumps(d))
+
+
+def digits_cpu() -> Config:
+    """The no-flag default: `python -m experiments.main` (BAL and random on digits, ~minutes).
+
+    scikit-learn's 1,797 handwritten digits (1,437 train: 200 validation + 1,237 pool;
+    360 test), VGG16 at width 1/8, short schedules sized for a 2-core CPU.
+    """
+    return Config()
+
+
+def cifar10() -> Config:
+    """Paper Table I, CIFAR-10: `python -m experiments.main --config=cifar10 --budget=small`."""
+    return Config(
+        preset="cifar10",
+        dataset="cifar10",
+        val_size=5000,
+        width=1.0,
+        pretext_epochs=120,
+        pretext_batch_size=256,
+        pretext_lr=0.1,  # paper table 0.01, released code 0.1 (SPEC Step 1)
+        pretext_milestones=(30, 60, 90),
+        epochs=100,
+        batch_size=128,
+        lr=0.1,
+        milestones=(30, 60, 90),
+        beta_grid=(0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0),
+    )
+
+
+def svhn() -> Config:
+    """Paper Table I, SVHN: `python -m experiments.main --dataset=svhn --budget=small`."""
+    return dataclasses.replace(cifar10(), preset="svhn", dataset="svhn", milestones=(80,))
+
+
+def caltech101() -> Config:
+    """Paper Table I, Caltech-101 at 64x64: `python -m experiments.main --dataset=caltech101`."""
+    return dataclasses.replace(
+        cifar10(),
+        preset="caltech101",
+        dataset="caltech101",
+        image_size=64,
+        val_size=800,
+        pretext_lr=0.001,
+        pretext_batch_size=16,
+        lr=0.001,
+        batch_size=16,
+        milestones=(80,),
+    )
+
+
+def tiny_imagenet() -> Config:
+    """Tiny-ImageNet from a folder (CIFAR-10 row of Table I, which has no row for it):
+    `python -m experiments.main --config=tiny_imagenet --dataset=folder:/path/tiny-imagenet`."""
+    return dataclasses.replace(cifar10(), preset="tiny_imagenet", dataset="folder:", val_size=10000)
+
+
+def cifar10_cpu() -> Config:
+    """Real CIFAR-10 at CPU scale (issue 6 protocol), from the repository root:
+    `python -m experiments.main --config=cifar10_cpu
+    --method=bal,pt4al,random,confidence,entropy,coreset`.
+
+    A seeded class-balanced 11,000-image subset of the 50,000 training images (1,000
+    validation + 10,000 pool), the full 10,000-image test split, VGG16 at width 1/8.
+    """
+    return Config(
+        preset="cifar10_cpu",
+        dataset="folder:../shared/datasets/cifar10-jpg.tar.gz",
+        train_subset=11000,
+        val_size=1000,
+        width=0.125,
+        pretext_epochs=15,
+        pretext_batch_size=128,
+        pretext_milestones=(10,),
+        epochs=20,
+        batch_size=64,
+        lr=0.05,
+        milestones=(15,),
+        beta_grid=(0.5, 1.0, 2.0),
+    )
+
+
+PRESETS: dict[str, Callable[[], Config]] = {
+    "digits_cpu": digits_cpu,
+    "cifar10": cifar10,
+    "cifar10_cpu": cifar10_cpu,
+    "svhn": svhn,
+    "caltech101": caltech101,
+    "tiny_imagenet": tiny_imagenet,
+}
+
+# The preset a bare `--dataset=NAME` picks.
+DATASET_PRESETS = {
+    "digits": "digits_cpu",
+    "cifar10": "cifar10",
+    "svhn": "svhn",
+    "caltech101": "caltech101",
+}

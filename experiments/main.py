@@ -1,0 +1,119 @@
+r"""BAL experiment runner.
+
+    python -m experiments.main                               # BAL + random on digits (CPU)
+    python -m experiments.main --dataset=svhn --budget=small # paper settings (GPU/TPU)
+    python -m experiments.main --method=bal,random,pt4al --seeds=0,1,2 --workdir=runs/x
+
+Flags given explicitly override the preset (`--config`, default: the dataset's preset).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+
+import jax
+from absl import app, flags, logging
+
+from experiments import config as config_lib
+from experiments.pipeline import ConfigError, run_experiment
+
+_CONFIG = flags.DEFINE_enum(
+    "config", None, list(config_lib.PRESETS), "Preset (default: the dataset's preset)."
+)
+flags.DEFINE_string("dataset", None, "digits, cifar10, svhn, caltech101, or folder:PATH.")
+flags.DEFINE_string("data_dir", None, "tfds data_dir holding prepared datasets.")
+flags.DEFINE_integer("image_size", None, "Resize images to this size (multiple of 32).")
+flags.DEFINE_integer("train_subset", None, "Class-balanced subset of the training split.")
+flags.DEFINE_integer("val_size", None, "Validation images carved from the training split.")
+flags.DEFINE_enum("budget", None, ["small", "medium", "large"], "The paper's budget regime.")
+flags.DEFINE_list("fractions", None, "Explicit cumulative labeled fractions, e.g. 0.02,0.04.")
+flags.DEFINE_list("method", None, "Methods to compare, e.g. bal,random,pt4al.")
+flags.DEFINE_list("seeds", None, "Seeds, e.g. 0,1,2.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Output folder (default: runs/<preset>_<budget>).")
+flags.DEFINE_float("width", None, "VGG16 channel multiplier (1.0 = the paper's network).")
+flags.DEFINE_integer("epochs", None, "Main-task epochs per cycle.")
+flags.DEFINE_integer("pretext_epochs", None, "Rotation pretext epochs.")
+flags.DEFINE_integer("batch_size", None, "Main-task batch size.")
+flags.DEFINE_float("lr", None, "Main-task learning rate.")
+flags.DEFINE_float("beta", None, "Fixed balancing factor (default: searched on validation).")
+flags.DEFINE_list("beta_grid", None, "Beta search candidates.")
+flags.DEFINE_integer("beta_search_cycles", None, "Cycles run per beta candidate.")
+flags.DEFINE_integer("num_clusters", None, "K for K-means (default: number of classes).")
+flags.DEFINE_enum("bal_sampler", None, ["confidence", "entropy", "kmeans", "random"], "Ablation.")
+flags.DEFINE_enum("cdd_order", None, ["ascending", "descending"], "Ablation.")
+flags.DEFINE_enum("indicator", None, ["cdd", "nearest_distance", "pretext_loss"], "Ablation.")
+flags.DEFINE_enum("subpools", None, ["adaptive", "uniform"], "Ablation.")
+flags.DEFINE_enum("window_variant", None, ["paper", "released"], "Sub-pool window units.")
+flags.DEFINE_bool("normalize_logits", None, "Released code's max softmax(z/||z||).")
+flags.DEFINE_bool("warm_start", None, "Override: warm start (default small/medium) or scratch.")
+_DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize().")
+
+# flag name -> (Config field, parser)
+_OVERRIDES = {
+    "dataset": ("dataset", str),
+    "data_dir": ("data_dir", str),
+    "image_size": ("image_size", int),
+    "train_subset": ("train_subset", int),
+    "val_size": ("val_size", int),
+    "budget": ("budget", str),
+    "fractions": ("fractions", lambda v: tuple(float(x) for x in v)),
+    "method": ("methods", lambda v: tuple(x.strip() for x in v)),
+    "seeds": ("seeds", lambda v: tuple(int(x) for x in v)),
+    "width": ("width", float),
+    "epochs": ("epochs", int),
+    "pretext_epochs": ("pretext_epochs", int),
+    "batch_size": ("batch_size", int),
+    "lr": ("lr", float),
+    "beta": ("beta", float),
+    "beta_grid": ("beta_grid", lambda v: tuple(float(x) for x in v)),
+    "beta_search_cycles": ("beta_search_cycles", int),
+    "num_clusters": ("num_clusters", int),
+    "bal_sampler": ("bal_sampler", str),
+    "cdd_order": ("cdd_order", str),
+    "indicator": ("indicator", str),
+    "subpools": ("subpools", str),
+    "window_variant": ("window_variant", str),
+    "normalize_logits": ("normalize_logits", bool),
+    "warm_start": ("warm_start", bool),
+}
+
+
+def build_config(flag_values) -> config_lib.Config:
+    """Preset (from --config or --dataset) with the explicitly given flags applied."""
+    preset = flag_values["config"].value
+    dataset = flag_values["dataset"].value
+    if preset is None:
+        preset = config_lib.DATASET_PRESETS.get(dataset or "digits", "cifar10")
+    cfg = config_lib.PRESETS[preset]()
+    changes = {}
+    for name, (field, parse) in _OVERRIDES.items():
+        value = flag_values[name].value
+        if value is not None:
+            try:
+                changes[field] = parse(value)
+            except ValueError:
+                raise ConfigError(f"--{name}={value!r} is not valid") from None
+    return dataclasses.replace(cfg, **changes)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if _DISTRIBUTED.value:
+        jax.distributed.initialize()
+    logging.info("JAX %s, devices: %s", jax.__version__, jax.devices())
+    try:
+        cfg = build_config(flags.FLAGS)
+        workdir = _WORKDIR.value or f"runs/{cfg.preset}_{cfg.budget_name}"
+        run_experiment(cfg, workdir, log=logging.info)
+    except ConfigError as e:
+        sys.exit(f"error: {e}")
+    with open(f"{workdir}/summary.md") as f:
+        print(f.read())
+    print(f"Results in {workdir}/ (results.jsonl, summary.md, curves.png, selections.png)")
+
+
+if __name__ == "__main__":
+    logging.set_verbosity(logging.INFO)
+    app.run(main)

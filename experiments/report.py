@@ -1,0 +1,145 @@
+"""Results files of a run: results.jsonl, summary.md, curves.png, selections.png.
+
+All functions take the list of per-cycle records (dicts as written to results.jsonl).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections import defaultdict
+from collections.abc import Sequence
+
+import numpy as np
+
+
+def atomic_write(path: str, text: str) -> None:
+    """Writes `text` to `path` via a temporary file and a rename: never half a file."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def write_jsonl(path: str, records: Sequence[dict]) -> None:
+    atomic_write(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+
+
+def read_jsonl(path: str) -> list[dict]:
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _method_order(records, methods: Sequence[str] | None):
+    seen = list(dict.fromkeys(r["method"] for r in records))
+    if methods:
+        return [m for m in methods if m in seen] + [m for m in seen if m not in methods]
+    return seen
+
+
+def accuracy_table(records: Sequence[dict], methods: Sequence[str] | None = None) -> str:
+    """The paper's table layout: one row per method, one column per labeled fraction,
+    test accuracy in percent as mean ± std over seeds (sample std; n in the header)."""
+    cells: dict[tuple[str, float], list[float]] = defaultdict(list)
+    fractions = sorted({round(r["fraction"], 4) for r in records})
+    for r in records:
+        acc = r["accuracy"]
+        if not math.isfinite(acc):
+            raise ValueError(f"non-finite accuracy in record {r}")
+        cells[(r["method"], round(r["fraction"], 4))].append(100.0 * acc)
+    seeds = sorted({r.get("seed", 0) for r in records})
+    head = "| method | " + " | ".join(f"{100 * f:.1f}%" for f in fractions) + " |"
+    lines = [head, "|---|" + "---|" * len(fractions)]
+    for m in _method_order(records, methods):
+        row = []
+        for f in fractions:
+            vals = cells.get((m, f), [])
+            if not vals:
+                row.append("–")
+            elif len(vals) == 1:
+                row.append(f"{vals[0]:.1f}")
+            else:
+                row.append(f"{np.mean(vals):.1f} ± {np.std(vals, ddof=1):.1f}")
+        lines.append(f"| {m} | " + " | ".join(row) + " |")
+    lines.append("")
+    lines.append(f"Test accuracy (%), mean ± std over {len(seeds)} seed(s) {seeds}.")
+    return "\n".join(lines)
+
+
+def plot_curves(records: Sequence[dict], path: str, *, title: str = "") -> None:
+    """Accuracy vs labeled % per method, mean line with a ±1 std band over seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    for m in _method_order(records, None):
+        by_f: dict[float, list[float]] = defaultdict(list)
+        for r in records:
+            if r["method"] == m:
+                by_f[round(100 * r["fraction"], 3)].append(100 * r["accuracy"])
+        xs = sorted(by_f)
+        mean = np.array([np.mean(by_f[x]) for x in xs])
+        std = np.array([np.std(by_f[x]) for x in xs])
+        ax.plot(xs, mean, marker="o", label=m, lw=2.2 if m == "bal" else 1.4)
+        ax.fill_between(xs, mean - std, mean + std, alpha=0.15)
+    ax.set_xlabel("labeled images (% of pool)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+
+
+def plot_selection_histograms(
+    records: Sequence[dict], class_names: Sequence[str], path: str, *, seed: int | None = None
+) -> None:
+    """Class histogram of each cycle's selection per method (the paper's Fig. 8)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if seed is None:
+        seed = min(r.get("seed", 0) for r in records)
+    methods = _method_order(records, None)
+    fig, axes = plt.subplots(
+        len(methods),
+        1,
+        figsize=(max(6.0, 0.45 * len(class_names) + 2), 2.2 * len(methods)),
+        squeeze=False,
+    )
+    x = np.arange(len(class_names))
+    for ax, m in zip(axes[:, 0], methods, strict=True):
+        rs = sorted(
+            (r for r in records if r["method"] == m and r.get("seed", 0) == seed),
+            key=lambda r: r["cycle"],
+        )
+        width = 0.8 / max(len(rs), 1)
+        for i, r in enumerate(rs):
+            counts = np.asarray(r["selected_class_counts"])
+            ax.bar(x + i * width, counts, width, label=f"cycle {r['cycle'] + 1}")
+        ax.set_title(f"{m} (seed {seed})", fontsize=9)
+        ax.set_xticks(x + 0.4 - width / 2)
+        ax.set_xticklabels(class_names, fontsize=7, rotation=45 if len(class_names) > 10 else 0)
+        ax.set_ylabel("selected")
+    axes[0, 0].legend(fontsize=7, ncol=min(len(rs), 5))
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+
+
+def _save(fig, path: str) -> None:
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".png")
+    os.close(fd)
+    fig.savefig(tmp, dpi=120)
+    os.replace(tmp, path)

@@ -1,0 +1,75 @@
+"""Runner flags and presets: bad input fails before any training with one sentence."""
+
+import dataclasses
+
+import pytest
+from absl import flags
+
+from experiments import config as config_lib
+from experiments import main as main_lib
+from experiments.pipeline import ConfigError, check_config
+
+
+def _flags(*argv):
+    fv = flags.FlagValues()
+    for name in flags.FLAGS:
+        if name in main_lib._OVERRIDES or name == "config":
+            fv[name] = flags.FLAGS[name]
+    fv.unparse_flags()
+    fv(["prog", *argv])
+    return fv
+
+
+def test_default_is_digits_cpu():
+    cfg = main_lib.build_config(_flags())
+    assert cfg == config_lib.digits_cpu()
+    check_config(cfg)
+
+
+def test_dataset_picks_its_preset_and_flags_override():
+    cfg = main_lib.build_config(_flags("--dataset=svhn", "--budget=medium", "--seeds=0,1,2"))
+    assert cfg.preset == "svhn" and cfg.milestones == (80,) and cfg.epochs == 100
+    assert cfg.budget == "medium" and cfg.seeds == (0, 1, 2)
+    assert cfg.use_warm_start
+
+
+def test_large_budget_trains_from_scratch():
+    assert not dataclasses.replace(config_lib.Config(), budget="large").use_warm_start
+
+
+@pytest.mark.parametrize("name", sorted(config_lib.PRESETS))
+def test_presets_are_valid(name):
+    check_config(config_lib.PRESETS[name]())
+
+
+@pytest.mark.parametrize(
+    ("changes", "match"),
+    [
+        ({"methods": ("bal", "magic")}, "unknown method 'magic'"),
+        ({"methods": ()}, "at least one method"),
+        ({"methods": ("bal", "bal")}, "twice"),
+        ({"fractions": (0.1, 0.05)}, "increasing"),
+        ({"fractions": (0.5, 1.5)}, r"\(0, 1\]"),
+        ({"budget": "huge"}, "unknown budget"),
+        ({"width": 0.0}, "width"),
+        ({"epochs": 0}, "epochs"),
+        ({"beta": -1.0}, "beta"),
+        ({"indicator": "x"}, "indicator"),
+        ({"beta_search_cycles": 9}, "exceeds"),
+    ],
+)
+def test_bad_config(changes, match):
+    with pytest.raises(ConfigError, match=match):
+        check_config(dataclasses.replace(config_lib.Config(), **changes))
+
+
+def test_bad_flag_value():
+    with pytest.raises(ConfigError, match="--seeds"):
+        main_lib.build_config(_flags("--seeds=a,b"))
+
+
+def test_fingerprint_ignores_methods_and_seeds():
+    a = config_lib.Config()
+    b = dataclasses.replace(a, methods=("random",), seeds=(4,))
+    assert a.fingerprint() == b.fingerprint()
+    assert a.fingerprint() != dataclasses.replace(a, epochs=3).fingerprint()

@@ -1,0 +1,115 @@
+"""The runner end to end on digits at toy size: outputs, kill-and-resume, refusals."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from experiments import report
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = [
+    "--dataset=digits",
+    "--width=0.0625",
+    "--pretext_epochs=1",
+    "--epochs=2",
+    "--fractions=0.03,0.06,0.09",
+    "--method=bal,random",
+    "--beta_grid=1,2",
+    "--beta_search_cycles=2",
+    "--seeds=0",
+]
+
+
+def _cmd(workdir, *extra):
+    return [sys.executable, "-m", "experiments.main", f"--workdir={workdir}", *TINY, *extra]
+
+
+def _run(workdir, *extra, check=True):
+    proc = subprocess.run(
+        _cmd(workdir, *extra), cwd=ROOT, capture_output=True, text=True, timeout=600
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"runner failed:\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def _comparable(records):
+    return [{k: v for k, v in r.items() if k not in ("seconds",)} for r in records]
+
+
+@pytest.fixture(scope="module")
+def clean_run(tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("clean"))
+    proc = _run(workdir)
+    return workdir, proc
+
+
+def test_outputs(clean_run):
+    workdir, proc = clean_run
+    records = report.read_jsonl(os.path.join(workdir, "results.jsonl"))
+    assert [(r["method"], r["cycle"]) for r in records] == [
+        (m, c) for m in ("bal", "random") for c in range(3)
+    ]
+    for m in ("bal", "random"):
+        ids = [i for r in records if r["method"] == m for i in r["selected_ids"]]
+        assert len(ids) == len(set(ids)) == records[-1]["num_labeled"]
+    assert all(0.0 <= r["accuracy"] <= 1.0 for r in records)
+    assert {r["beta"] for r in records if r["method"] == "bal"} <= {1.0, 2.0}
+    with open(os.path.join(workdir, "seed0", "beta.json")) as f:
+        assert set(json.load(f)["scores"]) == {"1.0", "2.0"}
+    for name in ("summary.md", "curves.png", "selections.png", "config.json"):
+        assert os.path.exists(os.path.join(workdir, name)), name
+    assert "| bal |" in proc.stdout and "| random |" in proc.stdout
+
+
+def test_kill_mid_run_then_resume_reproduces_clean_run(clean_run, tmp_path):
+    workdir = str(tmp_path)
+    results = os.path.join(workdir, "results.jsonl")
+    proc = subprocess.Popen(
+        _cmd(workdir), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if os.path.exists(results) and report.read_jsonl(results):
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    partial = report.read_jsonl(results)
+    assert 1 <= len(partial) < 6
+    _run(workdir)
+    resumed = report.read_jsonl(results)
+    expected = report.read_jsonl(os.path.join(clean_run[0], "results.jsonl"))
+    assert _comparable(resumed) == _comparable(expected)
+
+
+def test_workdir_of_another_config_is_refused(clean_run):
+    proc = _run(clean_run[0], "--epochs=3", check=False)
+    assert proc.returncode != 0
+    assert "different configuration" in proc.stderr and "epochs" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("flag", "message"),
+    [
+        ("--method=bal,bogus", "unknown method 'bogus'"),
+        ("--fractions=0.2,0.1", "increasing"),
+        ("--fractions=0.0001,0.0002", "too small"),
+        ("--beta=0.01", "below its minimum"),
+        ("--dataset=nosuchdataset", "nosuchdataset"),
+    ],
+)
+def test_bad_flags_fail_fast_with_one_sentence(tmp_path, flag, message):
+    t0 = time.time()
+    proc = _run(str(tmp_path), flag, check=False)
+    assert proc.returncode != 0
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert time.time() - t0 < 60
+    assert not os.path.exists(os.path.join(tmp_path, "seed0"))

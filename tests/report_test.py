@@ -1,0 +1,56 @@
+import math
+import os
+
+import numpy as np
+import pytest
+
+from experiments import report
+
+
+def _records():
+    out = []
+    for seed, base in ((0, 0.50), (1, 0.60)):
+        for method, bonus in (("bal", 0.1), ("random", 0.0)):
+            for cycle, f in enumerate((0.02, 0.04)):
+                out.append(
+                    {
+                        "method": method,
+                        "seed": seed,
+                        "cycle": cycle,
+                        "fraction": f,
+                        "accuracy": base + bonus + 0.1 * cycle,
+                        "selected_class_counts": [cycle + 1, 2, 3],
+                    }
+                )
+    return out
+
+
+def test_accuracy_table_mean_std():
+    table = report.accuracy_table(_records(), ["bal", "random"])
+    lines = table.splitlines()
+    assert lines[0] == "| method | 2.0% | 4.0% |"
+    # bal at 2%: seeds give 60 and 70 -> mean 65, sample std 7.07
+    assert lines[2] == "| bal | 65.0 ± 7.1 | 75.0 ± 7.1 |"
+    assert lines[3].startswith("| random | 55.0 ± 7.1 |")
+    assert "2 seed(s) [0, 1]" in table
+
+
+def test_accuracy_table_refuses_nan():
+    recs = _records()
+    recs[0]["accuracy"] = math.nan
+    with pytest.raises(ValueError, match="non-finite"):
+        report.accuracy_table(recs)
+
+
+def test_jsonl_roundtrip_and_plots(tmp_path):
+    recs = _records()
+    path = os.path.join(tmp_path, "r.jsonl")
+    report.write_jsonl(path, recs)
+    assert report.read_jsonl(path) == recs
+    report.plot_curves(recs, os.path.join(tmp_path, "c.png"))
+    report.plot_selection_histograms(recs, ["a", "b", "c"], os.path.join(tmp_path, "h.png"))
+    for name in ("c.png", "h.png"):
+        with open(os.path.join(tmp_path, name), "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    assert not [p for p in os.listdir(tmp_path) if p.startswith(".tmp-")]
+    np.testing.assert_equal(len(recs), 8)
