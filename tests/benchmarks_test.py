@@ -1,0 +1,193 @@
+"""The benchmark suite's pure parts: statistics, table formatting, plans and NumPy references.
+
+No timing assertions here: benchmarks are run with ``python -m benchmarks.run``.
+"""
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bal_jax.subpools import subpool
+from benchmarks import cases, run, timing
+
+
+def test_median_odd_even():
+    assert timing.median([3.0, 1.0, 2.0]) == 2.0
+    assert timing.median([4.0, 1.0, 2.0, 3.0]) == 2.5
+
+
+@pytest.mark.parametrize("bad", [[], [1.0, float("nan")], [float("inf")]])
+def test_median_rejects(bad):
+    with pytest.raises(ValueError):
+        timing.median(bad)
+
+
+def test_speedup_is_median_of_pair_ratios():
+    # Ratios ref/ours 4, 1, 1 -> 1.0, where the ratio of the medians would say 2.0 / 1.0.
+    assert timing.speedup([1.0, 1.0, 2.0], [4.0, 1.0, 2.0]) == 1.0
+    assert timing.speedup([2.0, 2.0], [1.0, 1.0]) == 0.5
+
+
+@pytest.mark.parametrize(
+    "ours, ref", [([1.0], [1.0, 2.0]), ([], []), ([0.0], [1.0]), ([1.0], [-1.0])]
+)
+def test_speedup_rejects(ours, ref):
+    with pytest.raises(ValueError):
+        timing.speedup(ours, ref)
+
+
+def test_alternate_order_and_counts():
+    calls = []
+    fns = {"a": lambda: calls.append("a") or 1, "b": lambda: calls.append("b") or 2}
+    t = timing.alternate(fns, reps=3, warmup=2)
+    assert calls == ["a", "a", "b", "b"] + ["a", "b"] * 3
+    assert set(t.first) == {"a", "b"}
+    assert [len(t.times[s]) for s in "ab"] == [3, 3]
+    assert t.infos == {"a": 1, "b": 2}
+    t = timing.alternate(fns, reps=1, warmup=0)
+    assert t.first == {}
+    with pytest.raises(ValueError):
+        timing.alternate(fns, reps=0)
+
+
+def test_format_value():
+    assert timing.format_value(None, "s") == "not available"
+    assert timing.format_value(0.1234, "s") == "0.123 s"
+    assert timing.format_value(1234.4, "s") == "1,234 s"
+    assert timing.format_value(67.26, "img/s") == "67.3 img/s"
+    assert timing.format_value(1234.4, "img/s") == "1,234 img/s"
+    with pytest.raises(ValueError):
+        timing.format_value(1.0, "furlongs")
+
+
+def test_format_table():
+    rows = [
+        timing.Row("train step", "w 1", 80.0, 67.0, "PyTorch", "img/s", 1.19, (900.0, None)),
+        timing.Row("kmeans", "a|b", None, 2.5, "scikit-learn", "s", notes="bal_jax: missing"),
+    ]
+    lines = timing.format_table(rows).splitlines()
+    assert lines[0] == timing.TABLE_HEADER
+    assert lines[1] == "|---|---|---|---|---|---|---|"
+    assert len(lines) == 4
+    assert lines[2] == (
+        "| train step | w 1 | 80.0 img/s | 67.0 img/s (PyTorch) | 1.19x | 900 / - |  |"
+    )
+    # The pipe in a setting is escaped, the missing side says so, no ratio is invented.
+    assert "a\\|b" in lines[3]
+    assert "| not available | 2.5 s (scikit-learn) | n/a |" in lines[3]
+    # Every line has the header's number of cells.
+    assert {line.replace("\\|", "").count("|") for line in lines} == {8}
+
+
+def test_machine_description_has_the_basics():
+    keys = dict(timing.machine_description())
+    for key in ("CPU", "cores (logical / usable)", "jax / jaxlib", "torch", "XLA_FLAGS"):
+        assert keys[key]
+
+
+@pytest.mark.parametrize("sizes", [run.QUICK, run.FULL])
+def test_plans_cover_every_group(sizes):
+    specs = run.plan(sizes, set(run.GROUPS))
+    assert {s.group for s in specs} == set(run.GROUPS) - {"scaling"}
+    for s in specs:
+        assert "bal_jax" in s.case["sides"] and set(s.refs) <= set(s.case["sides"])
+        assert s.case["bench"] in cases.BUILDERS
+    assert len(run.scaling_plan(sizes)) == len(sizes.scaling)
+
+
+def test_quick_scaling_reuses_the_main_cases():
+    # --quick must stay seconds long: its scaling table re-uses cached main cases.
+    main = {repr(sorted(s.case.items())) for s in run.plan(run.QUICK, set(run.GROUPS))}
+    for _, cs in run.scaling_plan(run.QUICK):
+        for case in cs.values():
+            assert repr(sorted(case.items())) in main
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    n=st.integers(5, 120),
+    num_cycles=st.integers(1, 6),
+    data=st.data(),
+)
+def test_numpy_subpool_matches_bal_jax(n, num_cycles, data):
+    cycle = data.draw(st.integers(0, num_cycles - 1))
+    beta = data.draw(st.sampled_from([0.5, 1.0, 1.2, 2.0, 3.0]))
+    seed = data.draw(st.integers(0, 2**16))
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(n)
+    labeled = rng.random(n) < rng.random()
+    min_size = data.draw(st.integers(0, int((~labeled).sum())))
+    try:
+        want = subpool(
+            order, labeled, cycle=cycle, num_cycles=num_cycles, beta=beta, min_size=min_size
+        )
+    except ValueError:  # beta below its minimum: not the reference's business
+        return
+    got = cases.numpy_subpool(
+        order, labeled, cycle=cycle, num_cycles=num_cycles, beta=beta, min_size=min_size
+    )
+    np.testing.assert_array_equal(got, want)
+
+
+def test_numpy_least_confidence():
+    probs = np.array([[0.9, 0.1], [0.5, 0.5], [0.6, 0.4], [0.5, 0.5]], np.float32)
+    np.testing.assert_array_equal(
+        cases.numpy_least_confidence(probs, np.array([3, 0, 1]), 2), [3, 1]
+    )
+
+
+@pytest.mark.parametrize("num_labeled", [0, 3])
+def test_numpy_kcenter_greedy_matches_full_matrix_greedy(num_labeled):
+    rng = np.random.default_rng(num_labeled)
+    x = rng.standard_normal((60, 5)).astype(np.float32)
+    labeled = np.zeros(60, bool)
+    labeled[rng.choice(60, num_labeled, replace=False)] = True
+    cand = ~labeled
+    cand[:4] = False
+    got = cases.numpy_kcenter_greedy(x, labeled, cand, 7, chunk=16)
+    # Textbook Core-Set with the full N x N matrix.
+    d = np.sqrt(((x[:, None] - x[None]) ** 2).sum(-1))
+    centers = list(np.flatnonzero(labeled))
+    want = []
+    for _ in range(7):
+        score = d[:, centers].min(1) if centers else np.full(60, np.inf)
+        score[~cand] = -np.inf
+        score[want] = -np.inf
+        want.append(int(np.argmax(score)))
+        centers.append(want[-1])
+    np.testing.assert_array_equal(got, want)
+
+
+def test_blobs_and_images_are_deterministic():
+    np.testing.assert_array_equal(cases.blobs(50, 8, seed=1), cases.blobs(50, 8, seed=1))
+    x, y = cases.images(10, seed=3)
+    assert x.shape == (10, 32, 32, 3) and x.dtype == np.uint8 and y.max() < 10
+    assert math.isfinite(float(cases.blobs(50, 8).sum()))
+
+
+def test_torch_reference_layout():
+    torch = pytest.importorskip("torch")
+    from benchmarks import torch_vgg
+
+    # kuangliu/pytorch-cifar VGG16 (the authors' model): 14,728,266 parameters.
+    assert sum(p.numel() for p in torch_vgg.VGG16(10).parameters()) == 14_728_266
+    model = torch_vgg.VGG16(10, width=0.125)
+    assert model.feature_dim == 64
+    x = torch.randint(0, 256, (3, 32, 32, 3), dtype=torch.uint8)
+    g = torch.Generator().manual_seed(0)
+    aug = torch_vgg.augment_u8(x, generator=g)
+    g = torch.Generator().manual_seed(0)
+    dy, dx = torch.randint(0, 9, (3, 1), generator=g), torch.randint(0, 9, (3, 1), generator=g)
+    flip = torch.rand((3, 1), generator=g) < 0.5
+    padded = torch.nn.functional.pad(x, (0, 0, 4, 4, 4, 4))
+    for i in range(3):
+        want = padded[i, dy[i, 0] : dy[i, 0] + 32, dx[i, 0] : dx[i, 0] + 32]
+        assert torch.equal(aug[i], want.flip(1) if flip[i, 0] else want)
+    probs, feats = torch_vgg.predict(
+        model, x.numpy(), batch_size=2, mean=cases.CIFAR_MEAN, std=cases.CIFAR_STD
+    )
+    assert probs.shape == (3, 10) and feats.shape == (3, 64)
+    np.testing.assert_allclose(probs.sum(1), 1.0, rtol=1e-5)
