@@ -128,7 +128,7 @@ def pretext_outputs(
     losses = train.rotation_losses(
         net, images, batch_size=settings.eval_batch_size, mean=mean, std=std, mesh=mesh
     )
-    return PretextOutputs(np.asarray(preds.features), np.asarray(losses))
+    return PretextOutputs(np.asarray(preds.features_ND), np.asarray(losses))
 
 
 def _predict_pool(
@@ -151,9 +151,11 @@ def _predict_pool(
     out = train.predict(
         model, images, batch_size=settings.eval_batch_size, mean=mean, std=std, mesh=mesh
     )
-    logits = np.asarray(out.logits, np.float32)
+    logits = np.asarray(out.logits_NC, np.float32)
     probs = np.asarray(jax.nn.softmax(logits, axis=-1))
-    return PoolPredictions(probs_NC=probs, logits_NC=logits, features_ND=np.asarray(out.features))
+    return PoolPredictions(
+        probs_NC=probs, logits_NC=logits, features_ND=np.asarray(out.features_ND)
+    )
 
 
 def run_cycles(

@@ -20,8 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bal_jax import kmeans as kmeans_lib
 from bal_jax import sampling, subpools
+from bal_jax.kmeans import cdd, kmeans, pairwise_sq_dists
 
 METHODS = (
     "bal",
@@ -108,11 +108,11 @@ def bal_order(
             raise ValueError("indicator='pretext_loss' needs pretext_losses_N")
         value = np.asarray(pretext_losses_N, np.float64)
     else:
-        result = kmeans_lib.kmeans(key, feats_ND, num_clusters, chunk_size=chunk_size)
+        result = kmeans(key, feats_ND, num_clusters, chunk_size=chunk_size)
         if indicator == "cdd":
-            value = np.asarray(kmeans_lib.cdd(feats_ND, result.centers, chunk_size=chunk_size))
+            value = np.asarray(cdd(feats_ND, result.centers, chunk_size=chunk_size))
         else:
-            d2 = kmeans_lib.pairwise_sq_dists(jnp.asarray(feats_ND), result.centers)
+            d2 = pairwise_sq_dists(jnp.asarray(feats_ND), result.centers)
             value = np.sqrt(np.maximum(np.asarray(d2).min(axis=1), 0.0))
     if not np.all(np.isfinite(value)):
         raise ValueError(f"the {indicator} values hold NaN or inf; check the features")

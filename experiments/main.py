@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+import time
 
 import jax
 from absl import app, flags, logging
@@ -97,16 +98,23 @@ def build_config(flag_values) -> config_lib.Config:
     return dataclasses.replace(cfg, **changes)
 
 
+def _log(line: str) -> None:
+    print(f"{time.strftime('%H:%M:%S')} {line}", flush=True)
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if not flags.FLAGS["verbosity"].present:
+        # Orbax and JAX log every checkpoint step at INFO; our own progress lines are printed.
+        logging.set_verbosity(logging.WARNING)
     if _DISTRIBUTED.value:
         jax.distributed.initialize()
-    logging.info("JAX %s, devices: %s", jax.__version__, jax.devices())
+    _log(f"JAX {jax.__version__}, devices: {jax.devices()}")
     try:
         cfg = build_config(flags.FLAGS)
         workdir = _WORKDIR.value or f"runs/{cfg.preset}_{cfg.budget_name}"
-        run_experiment(cfg, workdir, log=logging.info)
+        run_experiment(cfg, workdir, log=_log)
     except ConfigError as e:
         sys.exit(f"error: {e}")
     with open(f"{workdir}/summary.md") as f:
@@ -115,5 +123,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    logging.set_verbosity(logging.INFO)
     app.run(main)

@@ -103,7 +103,10 @@ class Data:
 
 
 def load_data(c: Config) -> Data:
-    ds = data_lib.load_dataset(c.dataset, data_dir=c.data_dir, image_size=c.image_size)
+    try:
+        ds = data_lib.load_dataset(c.dataset, data_dir=c.data_dir, image_size=c.image_size)
+    except (ValueError, FileNotFoundError) as e:  # unknown name, not prepared, bad folder
+        raise ConfigError(str(e)) from None
     labels = np.asarray(ds.train_labels)
     idx = np.arange(labels.shape[0])
     if c.train_subset is not None:

@@ -1,0 +1,29 @@
+"""bal_jax: BAL (Balancing Diversity and Novelty for Active Learning, TPAMI 2023) in JAX.
+
+    import bal_jax
+    order = bal_jax.bal_order(key, feats_ND, num_clusters=10)           # CDD order, once
+    picked = bal_jax.bal_select(key, order=order, labeled_mask=labeled_N, cycle=c,
+                                num_cycles=5, k=1000, beta=1.2, probs=probs_NC)
+
+Submodules: `kmeans`, `subpools`, `sampling`, `methods`, `budgets`, `models`, `train`,
+`data`, `parallel`, `active_loop`, `checkpoint`.
+"""
+
+from bal_jax import sampling as sampling
+from bal_jax.budgets import budget_fractions as budget_fractions
+from bal_jax.budgets import cycle_counts as cycle_counts
+from bal_jax.kmeans import KMeansResult as KMeansResult
+from bal_jax.kmeans import cdd as cdd
+from bal_jax.kmeans import cdd_order as cdd_order
+from bal_jax.kmeans import kmeans as kmeans
+from bal_jax.kmeans import pairwise_sq_dists as pairwise_sq_dists
+from bal_jax.methods import METHODS as METHODS
+from bal_jax.methods import BALOptions as BALOptions
+from bal_jax.methods import bal_order as bal_order
+from bal_jax.methods import bal_select as bal_select
+from bal_jax.methods import select as select
+from bal_jax.subpools import min_beta as min_beta
+from bal_jax.subpools import subpool as subpool
+from bal_jax.subpools import subpool_bounds as subpool_bounds
+
+__version__ = "0.1.0"
