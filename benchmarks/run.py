@@ -82,6 +82,8 @@ class Sizes:
     reps: int
     reps_big: int  # for the 1M-point cases
     train_reps: int
+    train_warmup: int  # untimed calls per side before the rounds (the first one compiles)
+    vgg_peak: bool  # peak-memory processes for train/infer (each recompiles the network)
 
 
 FULL = Sizes(
@@ -105,11 +107,14 @@ FULL = Sizes(
     reps=3,
     reps_big=2,
     train_reps=5,
+    train_warmup=2,
+    vgg_peak=True,
 )
 
-# One small case per group; the scaling table reuses them (cached), so it adds no work.
+# One small case per group; the scaling table reuses them (cached), so it adds no work, and the
+# VGG rows skip their peak-memory processes (the kmeans/select rows exercise that path).
 QUICK = Sizes(
-    train=((0.125, 2),),
+    train=((0.125, 1),),
     train_batch=32,
     infer=((0.125, 256),),
     infer_batch=128,
@@ -124,6 +129,8 @@ QUICK = Sizes(
     reps=2,
     reps_big=2,
     train_reps=2,
+    train_warmup=1,
+    vgg_peak=False,
 )
 
 
@@ -157,7 +164,7 @@ def plan(sz: Sizes, groups: set[str]) -> list[Spec]:
                 batch=sz.train_batch,
                 steps=steps,
                 reps=sz.train_reps,
-                warmup=2,
+                warmup=sz.train_warmup,
                 sides=["bal_jax", "torch", "torch_cl"],
             )
             specs.append(
@@ -165,10 +172,11 @@ def plan(sz: Sizes, groups: set[str]) -> list[Spec]:
                     "train",
                     "train step",
                     f"VGG16-BN width {_width(width)}, batch {sz.train_batch}, 3x32x32, "
-                    f"{steps} steps per timing",
+                    f"{steps} step{'s' if steps > 1 else ''} per timed call",
                     case,
                     ("torch", "torch_cl"),
                     "img/s",
+                    peak=sz.vgg_peak,
                 )
             )
     if "infer" in groups:
@@ -179,7 +187,7 @@ def plan(sz: Sizes, groups: set[str]) -> list[Spec]:
                 n=n,
                 batch=sz.infer_batch,
                 reps=sz.train_reps,
-                warmup=2,
+                warmup=sz.train_warmup,
                 sides=["bal_jax", "torch", "torch_cl"],
             )
             specs.append(
@@ -190,6 +198,7 @@ def plan(sz: Sizes, groups: set[str]) -> list[Spec]:
                     case,
                     ("torch", "torch_cl"),
                     "img/s",
+                    peak=sz.vgg_peak,
                 )
             )
     if "kmeans" in groups:
@@ -321,11 +330,14 @@ def _notes(res: dict, ref: str, unit: str) -> str:
         notes.append(f"iterations {ours['iters']} / {theirs['iters']}")
         if theirs.get("inertia"):
             notes.append(f"inertia ratio {ours['inertia'] / theirs['inertia']:.4f}")
-    if "checksum" in ours and "checksum" in theirs:
-        same = (
-            ours["checksum"] == theirs["checksum"] and ours["picked_head"] == theirs["picked_head"]
-        )
-        notes.append("same picks" if same else "PICKS DIFFER from the reference")
+    agree = res.get("agreement", {}).get(ref)
+    if agree:
+        if not agree["distinct"]:
+            notes.append("bal_jax PICKED DUPLICATES")
+        if agree["same_order"]:
+            notes.append("same picks in the same order")
+        else:
+            notes.append(f"picks overlap {100 * agree['overlap']:.1f}% with the reference's")
     params = res.get("num_params", {})
     if params.get("bal_jax") and params.get(ref) and params["bal_jax"] != params[ref]:
         notes.append(f"PARAMETER COUNTS DIFFER: {params['bal_jax']} vs {params[ref]}")
@@ -455,6 +467,7 @@ def main(argv: list[str] | None = None) -> None:
         rows += rows_for(spec, runner, peaks=not args.no_peak)
     scaling = scaling_table(sz, runner) if "scaling" in groups else None
     elapsed = time.perf_counter() - runner.start
+    machine.append(("load average (1/5/15 min) at end", timing.load_average()))
 
     cmd = "python -m benchmarks.run " + " ".join(sys.argv[1:] if argv is None else argv)
     parts = [

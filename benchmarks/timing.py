@@ -311,13 +311,19 @@ def _git_commit() -> str:
     return head + (" (with uncommitted changes)" if dirty else "")
 
 
+def load_average() -> str:
+    """'1.00 / 0.50 / 0.20' (1, 5, 15 minutes), or 'unknown'."""
+    if not hasattr(os, "getloadavg"):
+        return "unknown"
+    return " / ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
 def machine_description() -> list[tuple[str, str]]:
     """What the numbers were measured on: CPU, cores, memory, versions, XLA flags, date, load."""
     try:
         usable = len(os.sched_getaffinity(0))
     except AttributeError:
         usable = os.cpu_count() or 0
-    load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
     return [
         ("date (UTC)", datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")),
         ("CPU", _cpu_model()),
@@ -334,7 +340,13 @@ def machine_description() -> list[tuple[str, str]]:
         ("scikit-learn", _version("scikit-learn")),
         ("numpy", _version("numpy")),
         ("XLA_FLAGS", os.environ.get("XLA_FLAGS", "(unset)")),
-        ("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "(unset)")),
-        ("load average (1/5/15 min) at start", " / ".join(f"{x:.2f}" for x in load)),
+        (
+            "OMP / OPENBLAS / MKL_NUM_THREADS",
+            " / ".join(
+                os.environ.get(v, "(unset)")
+                for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+            ),
+        ),
+        ("load average (1/5/15 min) at start", load_average()),
         ("bal_jax commit", _git_commit()),
     ]

@@ -20,6 +20,8 @@ import sys
 import time
 import traceback
 
+import numpy as np
+
 from benchmarks import cases, timing
 
 
@@ -57,7 +59,31 @@ def time_case(case: dict) -> dict:
         )
         result["times"] = t.times
         result["infos"].update(t.infos)
+    result["agreement"] = _agreement(result["infos"])
+    result["infos"] = {s: _public(i) for s, i in result["infos"].items()}
     return result
+
+
+def _agreement(infos: dict) -> dict:
+    """For selection cases: how the reference's picks compare with bal_jax's."""
+    ours = (infos.get("bal_jax") or {}).get("_picks")
+    out = {}
+    for side, info in infos.items():
+        theirs = (info or {}).get("_picks")
+        if side == "bal_jax" or ours is None or theirs is None:
+            continue
+        ours_l, theirs_l = np.asarray(ours).tolist(), np.asarray(theirs).tolist()
+        out[side] = {
+            "same_order": ours_l == theirs_l,
+            "overlap": len(set(ours_l) & set(theirs_l)) / max(1, len(theirs_l)),
+            "distinct": len(set(ours_l)) == len(ours_l),
+            "k": len(ours_l),
+        }
+    return out
+
+
+def _public(info):
+    return {k: v for k, v in info.items() if not k.startswith("_")} if info else info
 
 
 def _reset_peak() -> bool:
@@ -89,7 +115,7 @@ def peak_case(case: dict) -> dict:
         "base_mb": base,
         "seconds": time.perf_counter() - start,
         "hwm_reset": reset,
-        "info": info,
+        "info": _public(info),
     }
 
 

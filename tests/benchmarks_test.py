@@ -84,7 +84,14 @@ def test_format_table():
 
 def test_machine_description_has_the_basics():
     keys = dict(timing.machine_description())
-    for key in ("CPU", "cores (logical / usable)", "jax / jaxlib", "torch", "XLA_FLAGS"):
+    for key in (
+        "CPU",
+        "cores (logical / usable)",
+        "jax / jaxlib",
+        "torch",
+        "XLA_FLAGS",
+        "date (UTC)",
+    ):
         assert keys[key]
 
 
