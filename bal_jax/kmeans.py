@@ -1,0 +1,453 @@
+"""K-means and the cluster distance difference (CDD) in jax.numpy (SPEC Step 2).
+
+Usage::
+
+    result = kmeans(jax.random.key(0), feats_ND, 10, chunk_size=65_536)
+    cdd_N = cdd(feats_ND, result.centers, chunk_size=65_536)      # d2 - d1, paper Sec. 3.2
+    order_N = cdd_order(feats_ND, result.centers, chunk_size=65_536)  # S, ascending, stable
+
+`kmeans` runs the greedy k-means++ initialisation of scikit-learn (2 + ln K local trials per
+center; the default of `sklearn.cluster.KMeans`, which the released BAL code called) and then
+Lloyd iterations in a `lax.while_loop` with scikit-learn's stopping rule. Distances are
+``||x||^2 - 2 x.c + ||c||^2`` so the work lands on the matrix unit.
+
+Memory: with ``chunk_size`` the pool is visited in blocks of ``chunk_size`` rows by `lax.scan`,
+so apart from the (N, D) input only O(chunk_size * K + N + K * D) is live (the (N, K)
+distance matrix never exists). The last block is shifted back to end at row N and its rows
+already seen are masked out, which avoids padding, i.e. copying, the (N, D) pool.
+
+The public functions validate their inputs in Python (shapes, dtypes, ranges and, when the
+arrays are concrete, finiteness) and call a jitted core. They can themselves be traced by an
+outer `jax.jit` (make `num_clusters`, `max_iters` and `chunk_size` static); the value checks
+are skipped there and NaN features then give a NaN inertia instead of a ValueError.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+__all__ = [
+    "KMeansResult",
+    "cdd",
+    "cdd_order",
+    "kmeans",
+    "pairwise_sq_dists",
+]
+
+_HIGHEST = lax.Precision.HIGHEST
+
+
+class KMeansResult(NamedTuple):
+    """Output of `kmeans`.
+
+    Attributes:
+      centers: (K, D) float cluster centers.
+      assignments: (N,) int32 index of the nearest center of each point (for the final
+        centers, so `inertia` and `assignments` agree).
+      inertia: () float sum over points of the squared distance to their nearest center.
+      num_iters: () int32 number of Lloyd iterations run (0 with ``max_iters=0``: the
+        k-means++ centers themselves).
+    """
+
+    centers: jax.Array
+    assignments: jax.Array
+    inertia: jax.Array
+    num_iters: jax.Array
+
+
+# ---------------------------------------------------------------------------------------------
+# Building blocks shared with `bal_jax.sampling`.
+
+
+def is_tracer(x: Any) -> bool:
+    """True when `x` is an abstract value inside a jax transformation (no concrete values)."""
+    return isinstance(x, jax.core.Tracer)
+
+
+@jax.jit
+def _all_finite(x: jax.Array) -> jax.Array:
+    return jnp.all(jnp.isfinite(x))
+
+
+def check_finite(x: jax.Array, name: str) -> None:
+    """Raises ValueError if a concrete `x` holds NaN or inf; no-op while tracing."""
+    if not is_tracer(x) and not bool(_all_finite(x)):
+        raise ValueError(f"{name} holds NaN or inf values")
+
+
+def as_float_matrix(x: jax.typing.ArrayLike, name: str) -> jax.Array:
+    """`x` as a 2-D floating jax array (float16/bfloat16 are promoted to float32)."""
+    if not hasattr(x, "dtype"):
+        x = jnp.asarray(x)
+    if x.ndim != 2:
+        raise ValueError(f"{name} must be 2-D (rows, features), got shape {tuple(x.shape)}")
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise ValueError(f"{name} must have a floating dtype, got {x.dtype}")
+    x = jnp.asarray(x)
+    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
+def check_chunk_size(chunk_size: int | None) -> int | None:
+    if chunk_size is None:
+        return None
+    if isinstance(chunk_size, bool) or int(chunk_size) != chunk_size or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size!r}")
+    return int(chunk_size)
+
+
+def map_chunks(
+    fn: Callable[..., tuple[Any, Any]],
+    carry: Any,
+    rows: tuple[jax.Array, ...],
+    chunk_size: int | None,
+) -> tuple[Any, Any]:
+    """Folds `fn` over blocks of rows, like `lax.scan`, and re-assembles per-row outputs.
+
+    Args:
+      fn: ``fn(carry, block_rows, valid_c) -> (carry, outputs)`` where `block_rows` are the
+        row blocks of `rows`, ``valid_c`` (c,) bool marks rows to count (a row of the last,
+        shifted block that an earlier block already covered is False) and `outputs` is a
+        pytree of per-row arrays with leading dimension c. `fn` must mask its reductions.
+      carry: initial carry.
+      rows: arrays sharing the leading dimension N.
+      chunk_size: rows per block; None (or >= N) runs `fn` once on everything.
+
+    Returns:
+      (final carry, per-row outputs with leading dimension N).
+    """
+    num_rows = rows[0].shape[0]
+    if chunk_size is None or chunk_size >= num_rows:
+        return fn(carry, rows, jnp.ones((num_rows,), bool))
+    num_chunks = -(-num_rows // chunk_size)
+
+    def body(carry, i):
+        nominal = i * chunk_size
+        start = jnp.minimum(nominal, num_rows - chunk_size)
+        block = tuple(lax.dynamic_slice_in_dim(a, start, chunk_size) for a in rows)
+        valid = start + jnp.arange(chunk_size) >= nominal
+        return fn(carry, block, valid)
+
+    carry, ys = lax.scan(body, carry, jnp.arange(num_chunks))
+    tail = num_rows - (num_chunks - 1) * chunk_size
+
+    def unchunk(y):
+        head = y[:-1].reshape((-1, *y.shape[2:]))
+        return jnp.concatenate([head, y[-1, chunk_size - tail :]])
+
+    return carry, jax.tree.map(unchunk, ys)
+
+
+def _sq_dists(x_ND, x_sq_N, y_KD, y_sq_K):
+    dots_NK = jnp.dot(x_ND, y_KD.T, precision=_HIGHEST)
+    return jnp.maximum(x_sq_N[:, None] - 2.0 * dots_NK + y_sq_K[None, :], 0.0)
+
+
+def pairwise_sq_dists(x_ND: jax.typing.ArrayLike, y_KD: jax.typing.ArrayLike) -> jax.Array:
+    """Squared Euclidean distances ``||x||^2 - 2 x.y + ||y||^2``, clamped at 0.
+
+    Args:
+      x_ND: (N, D) points.
+      y_KD: (K, D) points (e.g. centers).
+
+    Returns:
+      (N, K) squared distances. Materialises N x K: for large N use `kmeans`/`cdd` with
+      ``chunk_size``.
+    """
+    x_ND, y_KD = jnp.asarray(x_ND), jnp.asarray(y_KD)
+    return _sq_dists(x_ND, jnp.sum(x_ND * x_ND, 1), y_KD, jnp.sum(y_KD * y_KD, 1))
+
+
+def sample_proportional(
+    key: jax.Array, weights_N: jax.Array, num: int, fallback_N: jax.Array
+) -> jax.Array:
+    """`num` indices drawn (with replacement) with probability proportional to `weights_N`.
+
+    Inverse-CDF sampling (one uniform per draw, as scikit-learn's k-means++). Indices of zero
+    weight are never returned while the total is positive; if all weights are 0 (every point
+    sits on a chosen center) the weights `fallback_N` (e.g. a membership mask) are used.
+    """
+    n = weights_N.shape[0]
+    total = jnp.sum(weights_N)
+    weights_N = jnp.where(total > 0, weights_N, fallback_N.astype(weights_N.dtype))
+    cumsum_N = jnp.cumsum(weights_N)
+    r = jax.random.uniform(key, (num,), dtype=cumsum_N.dtype) * cumsum_N[-1]
+    idx = jnp.searchsorted(cumsum_N, r, side="right")
+    # r can round up to the total; the last positive weight then owns the draw.
+    last = n - 1 - jnp.argmax(weights_N[::-1] > 0)
+    return jnp.minimum(idx, last).astype(jnp.int32)
+
+
+# ---------------------------------------------------------------------------------------------
+# K-means.
+
+
+def _kmeans_plus_plus(key, x_ND, x_sq_N, w_N, num_clusters, chunk_size):
+    """Greedy k-means++ (Arthur & Vassilvitskii 2007; scikit-learn's `_kmeans_plusplus`)."""
+    num_trials = 2 + int(math.log(num_clusters))
+    key_first, key_loop = jax.random.split(key)
+    first = sample_proportional(key_first, w_N, 1, w_N)[0]
+
+    def dists_to(idx_T):
+        y_TD = x_ND[idx_T]
+        y_sq_T = x_sq_N[idx_T]
+
+        def fn(carry, block, valid):
+            x, x_sq = block
+            return carry, _sq_dists(x, x_sq, y_TD, y_sq_T)
+
+        return map_chunks(fn, None, (x_ND, x_sq_N), chunk_size)[1]
+
+    closest_N = dists_to(first[None])[:, 0] * w_N
+    centers_KD = jnp.zeros((num_clusters, x_ND.shape[1]), x_ND.dtype).at[0].set(x_ND[first])
+
+    def body(c, state):
+        centers_KD, closest_N = state
+        cand_T = sample_proportional(jax.random.fold_in(key_loop, c), closest_N, num_trials, w_N)
+        new_NT = jnp.minimum(closest_N[:, None], dists_to(cand_T) * w_N[:, None])
+        best = jnp.argmin(jnp.sum(new_NT, axis=0))
+        return centers_KD.at[c].set(x_ND[cand_T[best]]), new_NT[:, best]
+
+    centers_KD, _ = lax.fori_loop(1, num_clusters, body, (centers_KD, closest_N))
+    return centers_KD
+
+
+def _e_step(x_ND, x_sq_N, w_N, centers_KD, chunk_size):
+    """Nearest center of every point, plus the per-cluster sums the M-step needs."""
+    num_clusters, dim = centers_KD.shape
+    c_sq_K = jnp.sum(centers_KD * centers_KD, 1)
+
+    def fn(carry, block, valid):
+        sums_KD, counts_K, inertia = carry
+        x, x_sq, w = block
+        d2_cK = _sq_dists(x, x_sq, centers_KD, c_sq_K)
+        assign_c = jnp.argmin(d2_cK, axis=1).astype(jnp.int32)
+        dmin_c = jnp.min(d2_cK, axis=1)
+        wv_c = jnp.where(valid, w, 0.0)
+        # segment_sum is a scatter-add: one pass over x, no (c, K) one-hot matmul.
+        sums_KD += jax.ops.segment_sum(x * wv_c[:, None], assign_c, num_clusters)
+        counts_K += jax.ops.segment_sum(wv_c, assign_c, num_clusters)
+        inertia += jnp.sum(dmin_c * wv_c)
+        return (sums_KD, counts_K, inertia), (assign_c, dmin_c)
+
+    init = (
+        jnp.zeros((num_clusters, dim), x_ND.dtype),
+        jnp.zeros((num_clusters,), x_ND.dtype),
+        jnp.zeros((), x_ND.dtype),
+    )
+    (sums_KD, counts_K, inertia), (assign_N, dmin_N) = map_chunks(
+        fn, init, (x_ND, x_sq_N, w_N), chunk_size
+    )
+    return assign_N, dmin_N, sums_KD, counts_K, inertia
+
+
+def _weighted_mean_variance(x_ND, w_N, chunk_size):
+    """Mean over features of the per-feature variance (scikit-learn's tolerance scale)."""
+    total = jnp.sum(w_N)
+
+    def sum_fn(carry, block, valid):
+        x, w = block
+        return carry + jnp.sum(x * jnp.where(valid, w, 0.0)[:, None], 0), None
+
+    mean_D = map_chunks(sum_fn, jnp.zeros(x_ND.shape[1], x_ND.dtype), (x_ND, w_N), chunk_size)[0]
+    mean_D = mean_D / total
+
+    def var_fn(carry, block, valid):
+        x, w = block
+        dev = (x - mean_D[None, :]) ** 2
+        return carry + jnp.sum(dev * jnp.where(valid, w, 0.0)[:, None]), None
+
+    ss = map_chunks(var_fn, jnp.zeros((), x_ND.dtype), (x_ND, w_N), chunk_size)[0]
+    return ss / (total * x_ND.shape[1])
+
+
+@functools.partial(jax.jit, static_argnames=("num_clusters", "chunk_size"))
+def kmeans_core(
+    key: jax.Array,
+    x_ND: jax.Array,
+    mask_N: jax.Array,
+    tol: jax.Array,
+    max_iters: jax.Array,
+    *,
+    num_clusters: int,
+    chunk_size: int | None,
+) -> KMeansResult:
+    """Jitted k-means on the points where `mask_N` is True (others get assignments only).
+
+    No validation: callers guarantee 1 <= num_clusters <= mask_N.sum() and finite x_ND.
+    `tol` and `max_iters` are traced (changing them does not recompile).
+    """
+    w_N = mask_N.astype(x_ND.dtype)
+    x_sq_N = jnp.sum(x_ND * x_ND, axis=1)
+    tol_abs = tol * _weighted_mean_variance(x_ND, w_N, chunk_size)
+    centers_KD = _kmeans_plus_plus(key, x_ND, x_sq_N, w_N, num_clusters, chunk_size)
+
+    def cond(state):
+        i, _, _, done = state
+        return (i < max_iters) & ~done
+
+    def body(state):
+        i, centers_KD, prev_assign_N, _ = state
+        assign_N, dmin_N, sums_KD, counts_K, _ = _e_step(x_ND, x_sq_N, w_N, centers_KD, chunk_size)
+        # Empty clusters get the points farthest from their centers (distinct points, the
+        # farthest to the lowest empty cluster id), as scikit-learn does: never a NaN mean.
+        empty_K = counts_K == 0
+        _, far_K = lax.top_k(jnp.where(mask_N, dmin_N, -jnp.inf), num_clusters)
+        rank_K = jnp.cumsum(empty_K) - 1
+        reseed_KD = x_ND[far_K[jnp.clip(rank_K, 0, num_clusters - 1)]]
+        means_KD = sums_KD / jnp.maximum(counts_K, 1.0)[:, None]
+        new_KD = jnp.where(empty_K[:, None], reseed_KD, means_KD)
+        shift = jnp.sum((new_KD - centers_KD) ** 2)
+        unchanged = jnp.all((assign_N == prev_assign_N) | ~mask_N)
+        return i + 1, new_KD, assign_N, unchanged | (shift <= tol_abs)
+
+    init = (
+        jnp.zeros((), jnp.int32),
+        centers_KD,
+        jnp.full(x_ND.shape[:1], -1, jnp.int32),
+        jnp.zeros((), bool),
+    )
+    num_iters, centers_KD, _, _ = lax.while_loop(cond, body, init)
+    assign_N, _, _, _, inertia = _e_step(x_ND, x_sq_N, w_N, centers_KD, chunk_size)
+    return KMeansResult(centers_KD, assign_N, inertia, num_iters)
+
+
+def _check_int(value: Any, name: str, low: int, high: int | None = None) -> int:
+    if isinstance(value, bool) or int(value) != value:
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    value = int(value)
+    if value < low or (high is not None and value > high):
+        bounds = f"[{low}, {high}]" if high is not None else f">= {low}"
+        raise ValueError(f"{name} must be in {bounds}, got {value}")
+    return value
+
+
+def kmeans(
+    key: jax.Array,
+    x: jax.typing.ArrayLike,
+    num_clusters: int,
+    *,
+    max_iters: int = 300,
+    tol: float = 1e-4,
+    chunk_size: int | None = None,
+) -> KMeansResult:
+    """K-means with greedy k-means++ initialisation and Lloyd iterations (SPEC Step 2).
+
+    Initialisation: the first center is a uniformly drawn point; each further center is the
+    best (lowest resulting inertia) of ``2 + floor(ln K)`` points drawn with probability
+    proportional to the squared distance to the centers so far (scikit-learn's greedy
+    k-means++). Lloyd iterations stop, as scikit-learn's, after `max_iters` iterations, when
+    no assignment changed, or when the squared Frobenius norm of the center shift is at most
+    ``tol * mean(var(x, axis=0))``. An empty cluster's center moves to the point farthest
+    from its own center. Objective: ``sum_n min_k ||x_n - c_k||^2``.
+
+    Args:
+      key: PRNG key for the initialisation (same key, same result).
+      x: (N, D) float points, finite.
+      num_clusters: K, in [1, N].
+      max_iters: maximum number of Lloyd iterations (>= 0; 0 returns the k-means++ centers).
+      tol: relative tolerance on the center shift (>= 0).
+      chunk_size: rows per distance block; None computes the (N, K) distances at once.
+
+    Returns:
+      KMeansResult(centers (K, D), assignments (N,) int32, inertia (), num_iters () int32).
+
+    Raises:
+      ValueError: x not 2-D float, NaN/inf in a concrete x, num_clusters outside [1, N],
+        bad max_iters/tol/chunk_size.
+    """
+    x_ND = as_float_matrix(x, "x")
+    num_points = x_ND.shape[0]
+    if num_points == 0:
+        raise ValueError("x has no rows")
+    num_clusters = _check_int(num_clusters, "num_clusters", 1, num_points)
+    max_iters = _check_int(max_iters, "max_iters", 0)
+    if not math.isfinite(tol) or tol < 0:
+        raise ValueError(f"tol must be a finite number >= 0, got {tol!r}")
+    chunk_size = check_chunk_size(chunk_size)
+    check_finite(x_ND, "x")
+    return kmeans_core(
+        key,
+        x_ND,
+        jnp.ones((num_points,), bool),
+        jnp.asarray(tol, x_ND.dtype),
+        jnp.asarray(max_iters, jnp.int32),
+        num_clusters=num_clusters,
+        chunk_size=chunk_size,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Cluster distance difference.
+
+
+@functools.partial(jax.jit, static_argnames=("chunk_size",))
+def _cdd_core(x_ND, centers_KD, *, chunk_size):
+    x_sq_N = jnp.sum(x_ND * x_ND, 1)
+    c_sq_K = jnp.sum(centers_KD * centers_KD, 1)
+
+    def fn(carry, block, valid):
+        x, x_sq = block
+        neg_top_c2, _ = lax.top_k(-_sq_dists(x, x_sq, centers_KD, c_sq_K), 2)
+        d_c2 = jnp.sqrt(jnp.maximum(-neg_top_c2, 0.0))
+        return carry, d_c2[:, 1] - d_c2[:, 0]
+
+    return map_chunks(fn, None, (x_ND, x_sq_N), chunk_size)[1]
+
+
+def _validated_cdd_inputs(x, centers, chunk_size):
+    x_ND = as_float_matrix(x, "x")
+    centers_KD = as_float_matrix(centers, "centers")
+    if centers_KD.shape[1] != x_ND.shape[1]:
+        raise ValueError(f"x has {x_ND.shape[1]} features but centers have {centers_KD.shape[1]}")
+    if centers_KD.shape[0] < 2:
+        raise ValueError(f"CDD needs at least 2 centers, got {centers_KD.shape[0]}")
+    if x_ND.shape[0] == 0:
+        raise ValueError("x has no rows")
+    check_finite(x_ND, "x")
+    check_finite(centers_KD, "centers")
+    dtype = jnp.promote_types(x_ND.dtype, centers_KD.dtype)
+    return x_ND.astype(dtype), centers_KD.astype(dtype), check_chunk_size(chunk_size)
+
+
+def cdd(
+    x: jax.typing.ArrayLike, centers: jax.typing.ArrayLike, *, chunk_size: int | None = None
+) -> jax.Array:
+    """Cluster distance difference ``CDD(x) = d_2 - d_1`` (paper Sec. 3.2, SPEC Step 2).
+
+    ``d_1 <= d_2`` are the Euclidean (not squared) distances from x to its nearest and
+    second-nearest centers, found with `lax.top_k`. CDD = 0 on the boundary between two
+    clusters (the hardest images); large CDD = deep inside a cluster.
+
+    Args:
+      x: (N, D) float points, finite.
+      centers: (K, D) float centers, K >= 2.
+      chunk_size: rows per distance block; None computes the (N, K) distances at once.
+
+    Returns:
+      (N,) float CDD values, >= 0.
+    """
+    x_ND, centers_KD, chunk_size = _validated_cdd_inputs(x, centers, chunk_size)
+    return _cdd_core(x_ND, centers_KD, chunk_size=chunk_size)
+
+
+def cdd_order(
+    x: jax.typing.ArrayLike, centers: jax.typing.ArrayLike, *, chunk_size: int | None = None
+) -> jax.Array:
+    """The pool sorted by ascending CDD: the paper's S (SPEC Step 2).
+
+    Args:
+      x: (N, D) float points, finite.
+      centers: (K, D) float centers, K >= 2.
+      chunk_size: rows per distance block.
+
+    Returns:
+      (N,) int32 permutation; ``S[j] = x[order[j]]``. Stable: equal CDD keep index order.
+    """
+    return jnp.argsort(cdd(x, centers, chunk_size=chunk_size), stable=True).astype(jnp.int32)
