@@ -292,14 +292,16 @@ def numpy_subpool(
     """Reference sub-pool (paper Eq. 6-7, SPEC Step 3), 0-based ``cycle``.
 
     Positions j of S with ``c N/C - (beta-1) N/(2C) <= j < (c+1) N/C + (beta-1) N/(2C)``
-    (exact rational bounds), labeled images removed; if fewer than ``min_size`` remain the
+    (exact rational bounds, beta read as a decimal), labeled images removed; if fewer than ``min_size`` remain the
     window grows one position at a time, left then right (SPEC's widening rule).
 
     Returns:
       Pool indices in CDD order.
     """
     n = order.shape[0]
-    half = (Fraction(beta) - 1) * Fraction(n, 2 * num_cycles)
+    # beta as the decimal it was written as (1.2 -> 6/5), so float noise in 1.2 cannot move a
+    # window bound that is an integer on paper.
+    half = (Fraction(beta).limit_denominator(10**9) - 1) * Fraction(n, 2 * num_cycles)
     lo = min(max(math.ceil(Fraction(cycle * n, num_cycles) - half), 0), n)
     hi = min(max(math.ceil(Fraction((cycle + 1) * n, num_cycles) + half), 0), n)
     hi = max(lo, hi)

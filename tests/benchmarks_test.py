@@ -113,7 +113,7 @@ def test_quick_scaling_reuses_the_main_cases():
             assert repr(sorted(case.items())) in main
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(
     n=st.integers(5, 120),
     num_cycles=st.integers(1, 6),
