@@ -292,8 +292,9 @@ def numpy_subpool(
     """Reference sub-pool (paper Eq. 6-7, SPEC Step 3), 0-based ``cycle``.
 
     Positions j of S with ``c N/C - (beta-1) N/(2C) <= j < (c+1) N/C + (beta-1) N/(2C)``
-    (exact rational bounds, beta read as a decimal), labeled images removed; if fewer than ``min_size`` remain the
-    window grows one position at a time, left then right (SPEC's widening rule).
+    (exact rational bounds, beta read as a decimal), labeled images removed; if fewer than
+    ``min_size`` remain, the window grows one position at a time, left then right (SPEC's
+    widening rule).
 
     Returns:
       Pool indices in CDD order.
