@@ -336,6 +336,8 @@ def _notes(res: dict, ref: str, unit: str) -> str:
             notes.append("bal_jax PICKED DUPLICATES")
         if agree["same_order"]:
             notes.append("same picks in the same order")
+        elif agree["overlap"] == 1.0:
+            notes.append("same set of picks, different order")
         else:
             notes.append(f"picks overlap {100 * agree['overlap']:.1f}% with the reference's")
     params = res.get("num_params", {})
