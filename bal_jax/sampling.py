@@ -770,7 +770,8 @@ def typiclust(
     k = _check_k(k)
     num_neighbors = _check_k(num_neighbors, "num_neighbors")
     max_clusters = _check_k(max_clusters, "max_clusters")
-    min_cluster_size = _check_k(min_cluster_size + 1, "min_cluster_size + 1") - 1
+    if isinstance(min_cluster_size, bool) or not isinstance(min_cluster_size, (int, np.integer)):
+        raise ValueError(f"min_cluster_size must be an integer, got {min_cluster_size!r}")
     x_ND = as_float_matrix(feats_ND, "feats_ND")
     if is_tracer(x_ND):
         raise ValueError("typiclust is host code and cannot be traced by jax.jit")
