@@ -74,6 +74,7 @@ class TrainSettings(NamedTuple):
 class PretextOutputs(NamedTuple):
     features_ND: np.ndarray
     losses_N: np.ndarray
+    seconds: dict[str, float]  # {"pretext": training, "features": features + losses}
 
 
 def named_key(key: jax.Array, name: str) -> jax.Array:
@@ -115,6 +116,7 @@ def pretext_outputs(
     net = VGG16(
         4, in_channels=model.in_channels, width=model.width, rngs=nnx.Rngs(named_key(key, "init"))
     )
+    t0 = time.perf_counter()
     train.fit_rotation(
         named_key(key, "train"),
         net,
@@ -122,13 +124,12 @@ def pretext_outputs(
         **_fit_kwargs(settings, mean, std, mesh),
         progress=progress,
     )
-    preds = train.predict(
-        net, images, batch_size=settings.eval_batch_size, mean=mean, std=std, mesh=mesh
-    )
-    losses = train.rotation_losses(
-        net, images, batch_size=settings.eval_batch_size, mean=mean, std=std, mesh=mesh
-    )
-    return PretextOutputs(np.asarray(preds.features_ND), np.asarray(losses))
+    t1 = time.perf_counter()
+    ev = dict(batch_size=settings.eval_batch_size, mean=mean, std=std, mesh=mesh)
+    features = np.asarray(train.predict(net, images, **ev).features_ND)
+    losses = np.asarray(train.rotation_losses(net, images, **ev))
+    seconds = {"pretext": t1 - t0, "features": time.perf_counter() - t1}
+    return PretextOutputs(features, losses, seconds)
 
 
 def _predict_pool(

@@ -24,6 +24,8 @@ class Config:
     # Class-balanced subset of the training split used as pool + validation (None = all).
     train_subset: int | None = None
     val_size: int = 200
+    # Class-balanced subset of the test split (None = all; for smoke runs only).
+    test_subset: int | None = None
     data_seed: int = 0
 
     budget: str = "small"

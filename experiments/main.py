@@ -27,6 +27,7 @@ flags.DEFINE_string("data_dir", None, "tfds data_dir holding prepared datasets."
 flags.DEFINE_integer("image_size", None, "Resize images to this size (multiple of 32).")
 flags.DEFINE_integer("train_subset", None, "Class-balanced subset of the training split.")
 flags.DEFINE_integer("val_size", None, "Validation images carved from the training split.")
+flags.DEFINE_integer("test_subset", None, "Class-balanced subset of the test split (smoke runs).")
 flags.DEFINE_enum("budget", None, ["small", "medium", "large"], "The paper's budget regime.")
 flags.DEFINE_list("fractions", None, "Explicit cumulative labeled fractions, e.g. 0.02,0.04.")
 flags.DEFINE_list("method", None, "Methods to compare, e.g. bal,random,pt4al.")
@@ -57,6 +58,7 @@ _OVERRIDES = {
     "image_size": ("image_size", int),
     "train_subset": ("train_subset", int),
     "val_size": ("val_size", int),
+    "test_subset": ("test_subset", int),
     "budget": ("budget", str),
     "fractions": ("fractions", lambda v: tuple(float(x) for x in v)),
     "method": ("methods", lambda v: tuple(x.strip() for x in v)),

@@ -113,3 +113,37 @@ def test_bad_flags_fail_fast_with_one_sentence(tmp_path, flag, message):
     assert "Traceback" not in proc.stderr
     assert time.time() - t0 < 60
     assert not os.path.exists(os.path.join(tmp_path, "seed0"))
+
+
+CIFAR = os.path.join(ROOT, "..", "shared", "datasets", "cifar10-jpg.tar.gz")
+
+
+@pytest.mark.skipif(not os.path.exists(CIFAR), reason="shared CIFAR-10 tarball not present")
+def test_cifar10_cpu_preset_smoke(tmp_path):
+    """The real-data preset at toy size, so the preset cannot rot."""
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "experiments.main",
+            "--config=cifar10_cpu",
+            f"--workdir={tmp_path}",
+            "--train_subset=400",
+            "--val_size=100",
+            "--test_subset=200",
+            "--pretext_epochs=1",
+            "--epochs=1",
+            "--fractions=0.1,0.2",
+            "--beta_grid=1,2",
+            "--method=bal,pt4al,random,confidence,entropy,coreset",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = report.read_jsonl(os.path.join(tmp_path, "results.jsonl"))
+    assert len(records) == 6 * 2
+    assert [r["num_labeled"] for r in records if r["method"] == "bal"] == [30, 60]
+    assert "| coreset |" in proc.stdout
