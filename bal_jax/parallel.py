@@ -1,0 +1,155 @@
+"""Data parallelism over every device with a ``('data',)`` mesh and ``NamedSharding`` (no pmap).
+
+Usage::
+
+  maybe_initialize_distributed(enabled=flags.multihost)  # before any other JAX call
+  mesh = make_mesh()                                     # all devices of all hosts
+  x_BHWC = shard_batch(x_host_BHWC, mesh)                # split along 'data'
+  params = replicate(params, mesh)                       # a full copy on every device
+
+Under ``jax.jit`` with a batch sharded along ``'data'`` and replicated parameters, XLA partitions
+the computation itself: every reduction over the batch (the loss mean, BatchNorm statistics,
+gradients) becomes a cross-device all-reduce, so a data-parallel step computes the same numbers as
+one device, up to float summation order.
+
+Multi-host: every process calls the same functions with the same global (host) arrays; the
+helpers build global ``jax.Array``s from each process's addressable shards.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+DATA_AXIS = "data"
+
+
+def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A 1-D mesh with axis ``'data'``.
+
+    Args:
+      devices: devices to use; defaults to ``jax.devices()`` (every device of every process).
+
+    Returns:
+      The mesh.
+    """
+    devices = list(jax.devices() if devices is None else devices)
+    if not devices:
+        raise ValueError("make_mesh needs at least one device")
+    return Mesh(np.asarray(devices, dtype=object), (DATA_AXIS,))
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Sharding that splits the leading (batch) axis along ``'data'``."""
+    return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+
+
+def replicated_sharding(mesh: Mesh) -> NamedSharding:
+    """Sharding that keeps a full copy on every device of the mesh."""
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def pad_to_multiple(x_N: np.ndarray, multiple: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pads the leading axis with zeros up to a multiple (e.g. the device count).
+
+    Args:
+      x_N: array with a leading batch axis of length N.
+      multiple: target multiple (>= 1).
+
+    Returns:
+      ``(padded, mask)``: the padded array and a bool mask of the real rows.
+    """
+    if multiple < 1:
+        raise ValueError(f"multiple must be >= 1, got {multiple}")
+    x_N = np.asarray(x_N)
+    n = x_N.shape[0]
+    total = -(-n // multiple) * multiple
+    pad = np.zeros((total - n, *x_N.shape[1:]), x_N.dtype)
+    return np.concatenate([x_N, pad]), np.arange(total) < n
+
+
+def shard_batch(x_B, mesh: Mesh) -> jax.Array:
+    """Places a global batch on the mesh, split along ``'data'``.
+
+    Args:
+      x_B: array with a leading batch axis; every process passes the same global array.
+      mesh: a ``('data',)`` mesh.
+
+    Returns:
+      A global ``jax.Array`` sharded along the batch axis.
+    """
+    n = np.shape(x_B)[0] if np.ndim(x_B) else None
+    if n is None or n % mesh.size:
+        raise ValueError(
+            f"batch of {n} rows cannot be split over {mesh.size} devices: use a batch size that "
+            "is a multiple of the device count, or pad it with pad_to_multiple"
+        )
+    sharding = batch_sharding(mesh)
+    if jax.process_count() == 1:
+        return jax.device_put(x_B, sharding)
+    x_B = np.asarray(x_B)
+    return jax.make_array_from_callback(x_B.shape, sharding, lambda idx: x_B[idx])
+
+
+def _replicate_leaf(x, sharding: NamedSharding):
+    if jax.process_count() == 1:
+        return jax.device_put(x, sharding)
+    if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+        impl = jax.random.key_impl(x)
+        data = _replicate_leaf(jax.random.key_data(x), sharding)
+        return jax.random.wrap_key_data(data, impl=impl)
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
+
+
+def replicate(tree, mesh: Mesh):
+    """Puts a full copy of every array leaf of ``tree`` on every device of the mesh.
+
+    Args:
+      tree: pytree of arrays (parameters, optimizer state, a data set).
+      mesh: the mesh.
+
+    Returns:
+      The same pytree of replicated global ``jax.Array``s.
+    """
+    sharding = replicated_sharding(mesh)
+    return jax.tree.map(lambda x: _replicate_leaf(x, sharding), tree)
+
+
+def maybe_initialize_distributed(
+    *,
+    enabled: bool,
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+) -> bool:
+    """Calls ``jax.distributed.initialize`` for a multi-host run, when asked.
+
+    Must run before anything else touches a JAX backend. With only ``enabled=True`` JAX detects the
+    cluster (Cloud TPU, SLURM, Open MPI...); pass the other arguments for a hand-made cluster.
+
+    Args:
+      enabled: whether to initialize (the runner's ``--multihost`` flag).
+      coordinator_address: ``host:port`` of process 0.
+      num_processes: number of processes.
+      process_id: this process's index.
+
+    Returns:
+      True if it initialized the distributed runtime.
+    """
+    if not enabled:
+        return False
+    kwargs = {
+        k: v
+        for k, v in (
+            ("coordinator_address", coordinator_address),
+            ("num_processes", num_processes),
+            ("process_id", process_id),
+        )
+        if v is not None
+    }
+    jax.distributed.initialize(**kwargs)
+    return True
