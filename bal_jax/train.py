@@ -37,7 +37,8 @@ Training (``fit``, ``fit_rotation``):
   mode attributes are not touched.
 - Compilation: the training step depends only on the model configuration, the batch size and the
   image size, so it compiles once for a whole active-learning run (learning rate, milestones and
-  data set size are traced); a new data set size recompiles only the small batch-gather function.
+  data set size are traced); a new data set size recompiles only the small batch-gather function
+  (and, below one batch, the step for the shrunken batch).
 
 Inference (``predict``, ``predict_mc_dropout``, ``rotation_losses``, ``evaluate``) runs in eval mode
 (BatchNorm running statistics) over fixed-size batches (the last one padded), so one compilation
@@ -443,7 +444,7 @@ def _num_devices(mesh: Mesh | None) -> int:
 def _put(tree, mesh: Mesh | None):
     """Replicates arrays on the mesh, or puts them on the first device without one."""
     if mesh is None:
-        return jax.device_put(tree, jax.devices()[0])
+        return jax.device_put(tree, jax.local_devices()[0])
     return parallel.replicate(tree, mesh)
 
 
@@ -827,7 +828,10 @@ def _inference(model, images, *, batch_size, mean, std, mesh, run_batch, square=
             chunk = np.concatenate(
                 [chunk, np.zeros((batch_size - chunk.shape[0], *chunk.shape[1:]), np.uint8)]
             )
-        x = jnp.asarray(chunk) if mesh is None else parallel.shard_batch(chunk, mesh)
+        if mesh is None:
+            x = jax.device_put(chunk, jax.local_devices()[0])
+        else:
+            x = parallel.shard_batch(chunk, mesh)
         outs.append(run_batch(graphdef, params, rest, mean_C, std_C, x, start, out_sharding))
     outs = jax.device_get(outs)
 
