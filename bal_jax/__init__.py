@@ -9,7 +9,9 @@ Submodules: `kmeans`, `subpools`, `sampling`, `methods`, `budgets`, `models`, `t
 `data`, `parallel`, `active_loop`, `checkpoint`.
 """
 
+from bal_jax import data as data
 from bal_jax import sampling as sampling
+from bal_jax import train as train
 from bal_jax.budgets import budget_fractions as budget_fractions
 from bal_jax.budgets import cycle_counts as cycle_counts
 from bal_jax.kmeans import KMeansResult as KMeansResult
@@ -22,8 +24,18 @@ from bal_jax.methods import BALOptions as BALOptions
 from bal_jax.methods import bal_order as bal_order
 from bal_jax.methods import bal_select as bal_select
 from bal_jax.methods import select as select
+from bal_jax.models import VGG16 as VGG16
+from bal_jax.models import rotation_net as rotation_net
+from bal_jax.parallel import make_mesh as make_mesh
 from bal_jax.subpools import min_beta as min_beta
 from bal_jax.subpools import subpool as subpool
 from bal_jax.subpools import subpool_bounds as subpool_bounds
+from bal_jax.train import Predictions as Predictions
+from bal_jax.train import evaluate as evaluate
+from bal_jax.train import fit as fit
+from bal_jax.train import fit_rotation as fit_rotation
+from bal_jax.train import predict as predict
+from bal_jax.train import predict_mc_dropout as predict_mc_dropout
+from bal_jax.train import rotation_losses as rotation_losses
 
 __version__ = "0.1.0"
