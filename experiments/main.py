@@ -10,6 +10,7 @@ Flags given explicitly override the preset (`--config`, default: the dataset's p
 from __future__ import annotations
 
 import dataclasses
+import logging as std_logging
 import sys
 import time
 
@@ -100,6 +101,12 @@ def build_config(flag_values) -> config_lib.Config:
     return dataclasses.replace(cfg, **changes)
 
 
+class _DropOrbaxMergeNotice(std_logging.Filter):
+    # Orbax warns on every single-process save that it has no per-process files to merge.
+    def filter(self, record):
+        return "Skipping merge of OCDBT checkpoints" not in record.getMessage()
+
+
 def _log(line: str) -> None:
     print(f"{time.strftime('%H:%M:%S')} {line}", flush=True)
 
@@ -110,6 +117,7 @@ def main(argv):
     if not flags.FLAGS["verbosity"].present:
         # Orbax and JAX log every checkpoint step at INFO; our own progress lines are printed.
         logging.set_verbosity(logging.WARNING)
+    std_logging.getLogger("absl").addFilter(_DropOrbaxMergeNotice())
     if _DISTRIBUTED.value:
         jax.distributed.initialize()
     _log(f"JAX {jax.__version__}, devices: {jax.devices()}")
