@@ -34,10 +34,10 @@ from bal_jax.methods import (
     BALOptions,
     PoolPredictions,
     SelectionContext,
+    bal_min_beta,
     select,
 )
 from bal_jax.models import VGG16
-from bal_jax.subpools import min_beta
 
 # Dropout rate of the classifier for the MC-dropout (DBAL) baseline only.
 DBAL_DROPOUT = 0.5
@@ -68,7 +68,7 @@ class TrainSettings(NamedTuple):
     momentum: float = 0.9
     weight_decay: float = 5e-4
     augment: bool = True
-    eval_batch_size: int = 500
+    eval_batch_size: int = 512
 
 
 class PretextOutputs(NamedTuple):
@@ -212,7 +212,7 @@ def run_cycles(
     if sum(counts) > pool_size:
         raise ValueError(f"the budget ({sum(counts)} images) exceeds the pool ({pool_size})")
     if method == "bal" and not context.bal_options.uniform_subpools:
-        lowest = min_beta(min_size=max(counts), num_cycles=num_cycles, pool_size=pool_size)
+        lowest = bal_min_beta(counts, pool_size=pool_size, options=context.bal_options)
         if context.beta is None or context.beta < lowest:
             raise ValueError(f"beta={context.beta} is below its minimum {lowest:.4g} (k*C/N)")
     spec_dropout = DBAL_DROPOUT if method in NEEDS_MC_DROPOUT else 0.0
@@ -373,7 +373,7 @@ def search_beta(
       done: scores already measured (resuming a search); `on_score` is called per new one.
     """
     pool_size = pool.images.shape[0]
-    lowest = min_beta(min_size=max(counts), num_cycles=len(counts), pool_size=pool_size)
+    lowest = bal_min_beta(counts, pool_size=pool_size, options=context.bal_options)
     grid = sorted({float(b) for b in candidates if b >= lowest})
     if not grid:
         raise ValueError(f"no beta candidate reaches the minimum {lowest:.4g}; got {candidates}")

@@ -119,6 +119,21 @@ def bal_order(
     return np.argsort(-value if descending else value, kind="stable")
 
 
+def bal_min_beta(counts, *, pool_size: int, options: BALOptions | None = None) -> float:
+    """The smallest beta whose every window holds its cycle's k images (SPEC Step 3).
+
+    k*C/N with the paper's windows; 1 with the released code's windows, which are measured
+    in units of the per-cycle budget (bal_select passes each cycle's k as that unit).
+    """
+    options = options or BALOptions()
+    k = max(int(c) for c in counts)
+    if options.window_variant == "released":
+        return subpools.min_beta(
+            min_size=k, num_cycles=len(counts), pool_size=pool_size, variant="released", budget=k
+        )
+    return subpools.min_beta(min_size=k, num_cycles=len(counts), pool_size=pool_size)
+
+
 def _candidates_mask(idx: np.ndarray, size: int) -> np.ndarray:
     mask = np.zeros(size, bool)
     mask[idx] = True

@@ -46,7 +46,7 @@ class Config:
     batch_size: int = 16
     lr: float = 0.05
     milestones: tuple[int, ...] = (40,)
-    eval_batch_size: int = 500
+    eval_batch_size: int = 512  # a multiple of 8 (TPU cores) and 16
 
     num_clusters: int | None = None  # None: the number of classes (SPEC Step 2)
     beta: float | None = None  # None: searched on the validation split (paper Eq. 9)

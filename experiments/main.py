@@ -38,6 +38,8 @@ flags.DEFINE_float("width", None, "VGG16 channel multiplier (1.0 = the paper's n
 flags.DEFINE_integer("epochs", None, "Main-task epochs per cycle.")
 flags.DEFINE_integer("pretext_epochs", None, "Rotation pretext epochs.")
 flags.DEFINE_integer("batch_size", None, "Main-task batch size.")
+flags.DEFINE_integer("pretext_batch_size", None, "Pretext batch size (images; 4 views each).")
+flags.DEFINE_integer("eval_batch_size", None, "Inference batch size.")
 flags.DEFINE_float("lr", None, "Main-task learning rate.")
 flags.DEFINE_float("beta", None, "Fixed balancing factor (default: searched on validation).")
 flags.DEFINE_list("beta_grid", None, "Beta search candidates.")
@@ -68,6 +70,8 @@ _OVERRIDES = {
     "epochs": ("epochs", int),
     "pretext_epochs": ("pretext_epochs", int),
     "batch_size": ("batch_size", int),
+    "pretext_batch_size": ("pretext_batch_size", int),
+    "eval_batch_size": ("eval_batch_size", int),
     "lr": ("lr", float),
     "beta": ("beta", float),
     "beta_grid": ("beta_grid", lambda v: tuple(float(x) for x in v)),

@@ -40,10 +40,10 @@ from bal_jax.methods import (
     METHODS,
     BALOptions,
     SelectionContext,
+    bal_min_beta,
     bal_order,
 )
 from bal_jax.parallel import make_mesh
-from bal_jax.subpools import min_beta
 from experiments import report
 from experiments.config import Config
 
@@ -309,16 +309,24 @@ def run_experiment(
     except ValueError as e:
         raise ConfigError(str(e)) from None
     if c.beta is not None and "bal" in c.methods and c.subpools == "adaptive":
-        lowest = min_beta(min_size=max(counts), num_cycles=len(counts), pool_size=pool_size)
+        options = BALOptions(window_variant=c.window_variant)
+        lowest = bal_min_beta(counts, pool_size=pool_size, options=options)
         if c.beta < lowest:
             raise ConfigError(f"--beta={c.beta} is below its minimum {lowest:.4g} (k*C/N) here")
+    mesh = make_mesh()
+    ndev = mesh.devices.size
+    for name in ("batch_size", "pretext_batch_size", "eval_batch_size"):
+        if getattr(c, name) % ndev:
+            raise ConfigError(
+                f"--{name}={getattr(c, name)} must be a multiple of the {ndev} devices "
+                "(the batch is split evenly over them)"
+            )
     _bind_workdir(workdir, c)
     log(
         f"{d.name}: pool {pool_size}, validation {d.val.images.shape[0]}, test "
         f"{d.test.images.shape[0]}, {len(d.class_names)} classes; budget {c.budget_name} "
         f"{[round(f, 4) for f in c.schedule]} = {list(counts)} images per cycle"
     )
-    mesh = make_mesh()
     model = ModelSpec(len(d.class_names), d.pool.images.shape[-1], c.width)
     settings = _main_settings(c)
     all_records: list[dict] = []

@@ -139,3 +139,10 @@ def test_bal_order_indicators():
     assert sorted(desc) == sorted(asc) == list(range(N))
     with pytest.raises(ValueError, match="indicator"):
         methods.bal_order(jax.random.key(0), feats, num_clusters=3, indicator="bogus")
+
+
+def test_bal_min_beta_per_window_variant():
+    counts = (100, 50, 50)
+    assert methods.bal_min_beta(counts, pool_size=1000) == pytest.approx(100 * 3 / 1000)
+    released = methods.BALOptions(window_variant="released")
+    assert methods.bal_min_beta(counts, pool_size=1000, options=released) == pytest.approx(1.0)
