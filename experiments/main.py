@@ -34,6 +34,12 @@ flags.DEFINE_list("fractions", None, "Explicit cumulative labeled fractions, e.g
 flags.DEFINE_list("method", None, "Methods to compare, e.g. bal,random,pt4al.")
 flags.DEFINE_list("seeds", None, "Seeds, e.g. 0,1,2.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder (default: runs/<preset>_<budget>).")
+_PRETEXT_DIR = flags.DEFINE_string(
+    "pretext_dir",
+    None,
+    "Cache of pretext features shared across budgets and ablations (default: pretext/ "
+    "beside the workdir); keyed by the pretext settings.",
+)
 flags.DEFINE_float("width", None, "VGG16 channel multiplier (1.0 = the paper's network).")
 flags.DEFINE_integer("epochs", None, "Main-task epochs per cycle.")
 flags.DEFINE_integer("pretext_epochs", None, "Rotation pretext epochs.")
@@ -41,6 +47,8 @@ flags.DEFINE_integer("batch_size", None, "Main-task batch size.")
 flags.DEFINE_integer("pretext_batch_size", None, "Pretext batch size (images; 4 views each).")
 flags.DEFINE_integer("eval_batch_size", None, "Inference batch size.")
 flags.DEFINE_float("lr", None, "Main-task learning rate.")
+flags.DEFINE_list("milestones", None, "Main-task epochs where the learning rate drops 10x.")
+flags.DEFINE_list("pretext_milestones", None, "Pretext epochs where the learning rate drops 10x.")
 flags.DEFINE_float("beta", None, "Fixed balancing factor (default: searched on validation).")
 flags.DEFINE_list("beta_grid", None, "Beta search candidates.")
 flags.DEFINE_integer("beta_search_cycles", None, "Cycles run per beta candidate.")
@@ -73,6 +81,8 @@ _OVERRIDES = {
     "pretext_batch_size": ("pretext_batch_size", int),
     "eval_batch_size": ("eval_batch_size", int),
     "lr": ("lr", float),
+    "milestones": ("milestones", lambda v: tuple(int(x) for x in v)),
+    "pretext_milestones": ("pretext_milestones", lambda v: tuple(int(x) for x in v)),
     "beta": ("beta", float),
     "beta_grid": ("beta_grid", lambda v: tuple(float(x) for x in v)),
     "beta_search_cycles": ("beta_search_cycles", int),
@@ -128,7 +138,7 @@ def main(argv):
     try:
         cfg = build_config(flags.FLAGS)
         workdir = _WORKDIR.value or f"runs/{cfg.preset}_{cfg.budget_name}"
-        run_experiment(cfg, workdir, log=_log)
+        run_experiment(cfg, workdir, pretext_dir=_PRETEXT_DIR.value, log=_log)
     except ConfigError as e:
         sys.exit(f"error: {e}")
     with open(f"{workdir}/summary.md") as f:

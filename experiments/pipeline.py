@@ -3,15 +3,22 @@
 The workdir holds everything needed to resume:
 
     config.json                       what the numbers depend on (a different one is refused)
-    seed<S>/pretext.npz               pretext features, losses and the two sorted orders
     seed<S>/beta.json                 beta search scores (one line per finished candidate)
     seed<S>/<method>/                 orbax checkpoints, one per finished cycle
     results.jsonl, summary.md, curves.png, selections.png
+
+Pretext features are shared by every run with the same data and pretext settings (budgets,
+method lists, ablations of the selection step), in `pretext_dir` (default: `pretext/` beside
+the workdir):
+
+    <pretext_dir>/<hash of the pretext settings>/settings.json
+    <pretext_dir>/<hash of the pretext settings>/seed<S>.npz     features, losses, timings
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import tempfile
@@ -77,6 +84,12 @@ def check_config(c: Config) -> None:
     for name in ("pretext_epochs", "epochs", "batch_size", "pretext_batch_size", "eval_batch_size"):
         need(getattr(c, name) >= 1, f"--{name} must be at least 1, got {getattr(c, name)}")
     need(c.lr > 0 and c.pretext_lr > 0, "learning rates must be positive")
+    for name in ("milestones", "pretext_milestones"):
+        ms = getattr(c, name)
+        need(
+            list(ms) == sorted(set(ms)) and all(m > 0 for m in ms),
+            f"--{name}={','.join(map(str, ms))} must be strictly increasing positive epochs",
+        )
     need(c.val_size >= 1, f"--val_size must be at least 1, got {c.val_size}")
     need(c.bal_sampler in BAL_SAMPLERS, f"--bal_sampler must be one of {BAL_SAMPLERS}")
     need(c.cdd_order in ("ascending", "descending"), "--cdd_order must be ascending or descending")
@@ -179,18 +192,46 @@ def _progress(log, stage: str, total: int) -> Callable:
     return show
 
 
+# Config fields the pretext features depend on (with the seed).
+PRETEXT_FIELDS = (
+    "dataset",
+    "data_dir",
+    "image_size",
+    "train_subset",
+    "val_size",
+    "data_seed",
+    "width",
+    "pretext_epochs",
+    "pretext_batch_size",
+    "pretext_lr",
+    "pretext_milestones",
+)
+
+
+def pretext_cache_dir(c: Config, pretext_dir: str) -> str:
+    """The folder holding this configuration's pretext features, one file per seed."""
+    fp = c.fingerprint()
+    settings = {k: fp[k] for k in PRETEXT_FIELDS}
+    blob = json.dumps(settings, sort_keys=True)
+    path = os.path.join(pretext_dir, hashlib.sha256(blob.encode()).hexdigest()[:12])
+    os.makedirs(path, exist_ok=True)
+    meta = os.path.join(path, "settings.json")
+    if not os.path.exists(meta):
+        report.atomic_write(meta, json.dumps(settings, indent=2, sort_keys=True) + "\n")
+    return path
+
+
 def _seed_context(
-    c: Config, d: Data, key, seed_dir: str, mesh, log
+    c: Config, d: Data, key, seed: int, pretext_dir: str, mesh, log
 ) -> tuple[SelectionContext, dict]:
-    """Pretext training, features, K-means/CDD order and beta for one seed (cached)."""
+    """Pretext training and features (cached), K-means/CDD order for one seed."""
     model = ModelSpec(len(d.class_names), d.pool.images.shape[-1], c.width)
-    info: dict = {}
-    path = os.path.join(seed_dir, "pretext.npz")
+    path = os.path.join(pretext_cache_dir(c, pretext_dir), f"seed{seed}.npz")
     if os.path.exists(path):
         z = np.load(path)
-        feats, losses, order = z["features"], z["losses"], z["order"]
+        feats, losses = z["features"], z["losses"]
         info = json.loads(str(z["info"]))
-        log(f"pretext features, K-means and order loaded from {path}")
+        log(f"pretext features loaded from {path}")
     else:
         settings = TrainSettings(
             epochs=c.pretext_epochs,
@@ -210,23 +251,23 @@ def _seed_context(
             progress=_progress(log, "pretext", c.pretext_epochs),
         )
         feats, losses = outs.features_ND, outs.losses_N
-        info.update({f"{k}_s": round(v, 2) for k, v in outs.seconds.items()})
-        t0 = time.perf_counter()
-        order = bal_order(
-            named_key(key, "kmeans"),
-            feats,
-            num_clusters=c.num_clusters or len(d.class_names),
-            indicator=c.indicator,
-            descending=c.cdd_order == "descending",
-            pretext_losses_N=losses,
-        )
-        info["clustering_s"] = round(time.perf_counter() - t0, 2)
-        _save_npz(path, features=feats, losses=losses, order=order, info=json.dumps(info))
-        log(
-            f"pretext training {info['pretext_s']:.1f}s, features {info['features_s']:.1f}s, "
-            f"K-means + CDD order "
-            f"{info['clustering_s']:.2f}s ({feats.shape[0]} x {feats.shape[1]} features)"
-        )
+        info = {f"{k}_s": round(v, 2) for k, v in outs.seconds.items()}
+        _save_npz(path, features=feats, losses=losses, info=json.dumps(info))
+        log(f"pretext training {info['pretext_s']:.1f}s, features {info['features_s']:.1f}s")
+    t0 = time.perf_counter()
+    order = bal_order(
+        named_key(key, "kmeans"),
+        feats,
+        num_clusters=c.num_clusters or len(d.class_names),
+        indicator=c.indicator,
+        descending=c.cdd_order == "descending",
+        pretext_losses_N=losses,
+    )
+    info["clustering_s"] = round(time.perf_counter() - t0, 2)
+    log(
+        f"K-means + {c.indicator} order {info['clustering_s']:.2f}s "
+        f"({feats.shape[0]} x {feats.shape[1]} features)"
+    )
     context = SelectionContext(
         bal_order=order,
         # PT4AL: pretext loss descending, sorted numerically (the released code sorted strings).
@@ -291,9 +332,16 @@ def _main_settings(c: Config) -> TrainSettings:
 
 
 def run_experiment(
-    config: Config, workdir: str, *, log: Callable[[str], None] = logging.info
+    config: Config,
+    workdir: str,
+    *,
+    pretext_dir: str | None = None,
+    log: Callable[[str], None] = logging.info,
 ) -> list[dict]:
     """Runs every (seed, method) of `config` in `workdir`, resuming what is there.
+
+    Pretext features are read from / written to `pretext_dir` (default: `pretext/` beside
+    the workdir), keyed by the pretext settings, so budgets and ablations share them.
 
     Returns:
       All per-cycle records (also written to results.jsonl), after writing summary.md,
@@ -322,6 +370,8 @@ def run_experiment(
                 "(the batch is split evenly over them)"
             )
     _bind_workdir(workdir, c)
+    if pretext_dir is None:
+        pretext_dir = os.path.join(os.path.dirname(os.path.abspath(workdir)), "pretext")
     log(
         f"{d.name}: pool {pool_size}, validation {d.val.images.shape[0]}, test "
         f"{d.test.images.shape[0]}, {len(d.class_names)} classes; budget {c.budget_name} "
@@ -341,7 +391,7 @@ def run_experiment(
         os.makedirs(seed_dir, exist_ok=True)
         needs_pretext = any(m in ("bal", "pt4al", "typiclust") for m in c.methods)
         context, info = (
-            _seed_context(c, d, key, seed_dir, mesh, log)
+            _seed_context(c, d, key, seed, pretext_dir, mesh, log)
             if needs_pretext
             else (SelectionContext(), {})
         )

@@ -70,9 +70,9 @@ def test_outputs(clean_run):
 def test_kill_mid_run_then_resume_reproduces_clean_run(clean_run, tmp_path):
     workdir = str(tmp_path)
     results = os.path.join(workdir, "results.jsonl")
-    proc = subprocess.Popen(
-        _cmd(workdir), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
+    # Its own pretext cache, so the kill can land anywhere from pretext training on.
+    cmd = _cmd(workdir, f"--pretext_dir={tmp_path / 'pretext'}")
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
         if os.path.exists(results) and report.read_jsonl(results):
@@ -83,10 +83,33 @@ def test_kill_mid_run_then_resume_reproduces_clean_run(clean_run, tmp_path):
     proc.wait()
     partial = report.read_jsonl(results)
     assert 1 <= len(partial) < 6
-    _run(workdir)
+    _run(workdir, f"--pretext_dir={tmp_path / 'pretext'}")
     resumed = report.read_jsonl(results)
     expected = report.read_jsonl(os.path.join(clean_run[0], "results.jsonl"))
     assert _comparable(resumed) == _comparable(expected)
+
+
+def test_pretext_features_are_shared_across_budgets_not_across_pretext_settings(
+    clean_run, tmp_path
+):
+    pretext_dir = os.path.join(os.path.dirname(clean_run[0]), "pretext")
+    assert "pretext training" in clean_run[1].stdout
+    (cache,) = os.listdir(pretext_dir)
+    assert os.path.exists(os.path.join(pretext_dir, cache, "seed0.npz"))
+    shared = f"--pretext_dir={pretext_dir}"
+    other_budget = _run(
+        str(tmp_path / "other_budget"), shared, "--fractions=0.05,0.1", "--method=pt4al"
+    )
+    assert "pretext features loaded" in other_budget.stdout
+    other_pretext = _run(
+        str(tmp_path / "other_pretext"),
+        shared,
+        "--pretext_epochs=2",
+        "--fractions=0.05,0.1",
+        "--method=pt4al",
+    )
+    assert "pretext training" in other_pretext.stdout
+    assert len(os.listdir(pretext_dir)) == 2
 
 
 def test_workdir_of_another_config_is_refused(clean_run):
@@ -102,6 +125,7 @@ def test_workdir_of_another_config_is_refused(clean_run):
         ("--fractions=0.2,0.1", "increasing"),
         ("--fractions=0.0001,0.0002", "too small"),
         ("--beta=0.01", "below its minimum"),
+        ("--milestones=5,3", "strictly increasing"),
         ("--dataset=nosuchdataset", "nosuchdataset"),
     ],
 )
