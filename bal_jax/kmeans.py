@@ -11,10 +11,14 @@ center; the default of `sklearn.cluster.KMeans`, which the released BAL code cal
 Lloyd iterations in a `lax.while_loop` with scikit-learn's stopping rule. Distances are
 ``||x||^2 - 2 x.c + ||c||^2`` so the work lands on the matrix unit.
 
-Memory: with ``chunk_size`` the pool is visited in blocks of ``chunk_size`` rows by `lax.scan`,
-so apart from the (N, D) input only O(chunk_size * K + N + K * D) is live (the (N, K)
-distance matrix never exists). The last block is shifted back to end at row N and its rows
-already seen are masked out, which avoids padding, i.e. copying, the (N, D) pool.
+Memory and speed: the pool is visited in blocks of at most ``chunk_size`` rows (default and
+upper bound `BLOCK_ROWS`) by `lax.scan`, so apart from the (N, D) input only
+O(block * K + N + K * D) is live (the (N, K) distance matrix never exists). Blocks of a few
+thousand rows keep each block's distances in cache: on a 2-core CPU a Lloyd step at 200,000 x
+512, K=200 took 0.81 s unblocked, 0.82 s in blocks of 16,384 and 0.60 s in blocks of 4,096
+(K=10 at 50,000: 0.081 / 0.042 s). Blocks are balanced (N = 50,000 gives 13 blocks of
+3,847 rows); the last block is shifted back to end at row N and its rows already seen
+are masked out, which avoids padding, i.e. copying, the (N, D) pool.
 
 The public functions validate their inputs in Python (shapes, dtypes, ranges and, when the
 arrays are concrete, finiteness) and call a jitted core. They can themselves be traced by an
@@ -102,6 +106,18 @@ def check_chunk_size(chunk_size: int | None) -> int | None:
     return int(chunk_size)
 
 
+# Rows per block when chunk_size is None, and the largest block used (see the module doc).
+BLOCK_ROWS = 4096
+
+
+def block_rows(num_rows: int, chunk_size: int | None) -> int:
+    """Balanced block size: ceil(N / B) blocks of at most min(chunk_size, BLOCK_ROWS) rows."""
+    cap = BLOCK_ROWS if chunk_size is None else min(chunk_size, BLOCK_ROWS)
+    if num_rows <= cap:
+        return num_rows
+    return -(-num_rows // -(-num_rows // cap))
+
+
 def map_chunks(
     fn: Callable[..., tuple[Any, Any]],
     carry: Any,
@@ -117,13 +133,14 @@ def map_chunks(
         pytree of per-row arrays with leading dimension c. `fn` must mask its reductions.
       carry: initial carry.
       rows: arrays sharing the leading dimension N.
-      chunk_size: rows per block; None (or >= N) runs `fn` once on everything.
+      chunk_size: most rows per block (None: `BLOCK_ROWS`); see `block_rows`.
 
     Returns:
       (final carry, per-row outputs with leading dimension N).
     """
     num_rows = rows[0].shape[0]
-    if chunk_size is None or chunk_size >= num_rows:
+    chunk_size = block_rows(num_rows, chunk_size)
+    if chunk_size >= num_rows:
         return fn(carry, rows, jnp.ones((num_rows,), bool))
     num_chunks = -(-num_rows // chunk_size)
 
@@ -188,21 +205,16 @@ def sample_proportional(
 # K-means.
 
 
-def _kmeans_plus_plus(key, x_ND, x_sq_N, w_N, num_clusters, chunk_size):
+def _kmeans_plus_plus(key, x_ND, x_sq_N, w_N, num_clusters):
     """Greedy k-means++ (Arthur & Vassilvitskii 2007; scikit-learn's `_kmeans_plusplus`)."""
     num_trials = 2 + int(math.log(num_clusters))
     key_first, key_loop = jax.random.split(key)
     first = sample_proportional(key_first, w_N, 1, w_N)[0]
 
     def dists_to(idx_T):
-        y_TD = x_ND[idx_T]
-        y_sq_T = x_sq_N[idx_T]
-
-        def fn(carry, block, valid):
-            x, x_sq = block
-            return carry, _sq_dists(x, x_sq, y_TD, y_sq_T)
-
-        return map_chunks(fn, None, (x_ND, x_sq_N), chunk_size)[1]
+        # Unblocked: the (N, T) result is small and blocking here measured 1.5x slower
+        # (200,000 x 512, K=200: 12.3 s unblocked vs 18.2 s in blocks of 8,192).
+        return _sq_dists(x_ND, x_sq_N, x_ND[idx_T], x_sq_N[idx_T])
 
     closest_N = dists_to(first[None])[:, 0] * w_N
     centers_KD = jnp.zeros((num_clusters, x_ND.shape[1]), x_ND.dtype).at[0].set(x_ND[first])
@@ -286,7 +298,7 @@ def kmeans_core(
     w_N = mask_N.astype(x_ND.dtype)
     x_sq_N = jnp.sum(x_ND * x_ND, axis=1)
     tol_abs = tol * _weighted_mean_variance(x_ND, w_N, chunk_size)
-    centers_KD = _kmeans_plus_plus(key, x_ND, x_sq_N, w_N, num_clusters, chunk_size)
+    centers_KD = _kmeans_plus_plus(key, x_ND, x_sq_N, w_N, num_clusters)
 
     def cond(state):
         i, _, _, done = state
@@ -353,7 +365,7 @@ def kmeans(
       num_clusters: K, in [1, N].
       max_iters: maximum number of Lloyd iterations (>= 0; 0 returns the k-means++ centers).
       tol: relative tolerance on the center shift (>= 0).
-      chunk_size: rows per distance block; None computes the (N, K) distances at once.
+      chunk_size: most rows per distance block (None: `BLOCK_ROWS`, the fastest here).
 
     Returns:
       KMeansResult(centers (K, D), assignments (N,) int32, inertia (), num_iters () int32).
@@ -428,7 +440,7 @@ def cdd(
     Args:
       x: (N, D) float points, finite.
       centers: (K, D) float centers, K >= 2.
-      chunk_size: rows per distance block; None computes the (N, K) distances at once.
+      chunk_size: most rows per distance block (None: `BLOCK_ROWS`, the fastest here).
 
     Returns:
       (N,) float CDD values, >= 0.

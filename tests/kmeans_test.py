@@ -9,7 +9,15 @@ import numpy as np
 import pytest
 from sklearn.cluster import KMeans
 
-from bal_jax.kmeans import cdd, cdd_order, kmeans, kmeans_core, pairwise_sq_dists
+from bal_jax.kmeans import (
+    BLOCK_ROWS,
+    block_rows,
+    cdd,
+    cdd_order,
+    kmeans,
+    kmeans_core,
+    pairwise_sq_dists,
+)
 
 jit_kmeans = jax.jit(kmeans, static_argnames=("num_clusters", "max_iters", "tol", "chunk_size"))
 jit_cdd = jax.jit(cdd, static_argnames=("chunk_size",))
@@ -133,7 +141,8 @@ def test_chunking_bounds_compiled_memory():
         )
         return lowered.compile().memory_analysis().temp_size_in_bytes
 
-    assert cdd_temp_bytes(None) >= n * k * 4 > 8 * cdd_temp_bytes(512)
+    # None blocks at BLOCK_ROWS (balanced: 10 blocks of 4,000 rows here).
+    assert n * k * 4 > 8 * cdd_temp_bytes(None) > 8 * cdd_temp_bytes(512)
 
 
 def test_duplicate_points_reseed_empty_clusters_without_nan():
@@ -209,3 +218,21 @@ def test_cdd_bad_input():
         cdd(np.where(np.eye(10, 3) > 0, np.nan, x), x[:3])
     with pytest.raises(ValueError, match="2-D"):
         cdd_order(x[0], x[:3])
+
+
+@pytest.mark.parametrize(
+    ("num_rows", "chunk_size", "expected"),
+    [
+        (100, None, 100),
+        (50_000, 16_384, 3_847),
+        (50_000, 1_000, 1_000),
+        (8_193, None, 2_731),
+        (10, 3, 3),
+        (4_096, None, 4_096),
+    ],
+)
+def test_block_rows_are_balanced_and_capped(num_rows, chunk_size, expected):
+    got = block_rows(num_rows, chunk_size)
+    assert got == expected
+    assert got <= min(chunk_size or BLOCK_ROWS, BLOCK_ROWS)
+    assert -(-num_rows // got) * got - num_rows < -(-num_rows // got)  # waste < one row a block

@@ -162,12 +162,25 @@ def _np_kcenter(x, labeled, cand, k):
 
 
 @pytest.mark.parametrize(("with_labeled", "kind"), [(True, "mask"), (False, "index")])
-def test_kcenter_greedy_matches_numpy(with_labeled, kind):
+@pytest.mark.parametrize("small_batches", [False, True])
+def test_kcenter_greedy_matches_numpy(with_labeled, kind, small_batches, monkeypatch):
     _, _, feats, labeled, mask = _data()
     labeled = labeled if with_labeled else np.zeros(N, bool)
-    fn = jax.jit(sampling.kcenter_greedy, static_argnames=("k", "chunk_size"))
-    # k = 60 > one batch of exact picks: several batches and their certificates.
+    if small_batches:
+        # A shortlist smaller than the pool: several batches, their certificates, and both
+        # widths of the distance update (tight clusters make batches of 1 to 4 picks).
+        rng = np.random.default_rng(1)
+        centers = rng.normal(size=(10, D)).astype(np.float32) * 5
+        feats = centers[rng.integers(0, 10, N)] + 0.3 * rng.normal(size=(N, D)).astype(np.float32)
+        monkeypatch.setattr(sampling, "_KC_TOP", 12)
+        monkeypatch.setattr(sampling, "_KC_GROUP", 8)
+        monkeypatch.setattr(sampling, "_KC_SMALL_GROUP", 6)
+    sampling._kcenter_core.clear_cache()
+    fn = sampling.kcenter_greedy
+    if not small_batches:  # traced by an outer jit (the patched run must trace afresh)
+        fn = jax.jit(fn, static_argnames=("k", "chunk_size"))
     got = fn(feats, labeled, _as(mask, kind), k=60, chunk_size=64 if with_labeled else None)
+    sampling._kcenter_core.clear_cache()
     _check_valid(got, 60, mask)
     np.testing.assert_array_equal(got, _np_kcenter(feats, labeled, mask, 60))
 
