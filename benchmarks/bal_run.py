@@ -14,10 +14,9 @@ import argparse
 import dataclasses
 import json
 import os
+import shutil
 import tempfile
 import time
-
-import numpy as np
 
 from benchmarks import timing
 
@@ -35,10 +34,13 @@ def main(argv=None) -> None:
     cfg = dataclasses.replace(config_lib.cifar10_cpu(), **SETTINGS)
     workdir = tempfile.mkdtemp(prefix="bal_run-")
     t0 = time.perf_counter()
-    records = pipeline.run_experiment(cfg, workdir, log=print)
+    records = pipeline.run_experiment(
+        cfg, workdir, pretext_dir=os.path.join(workdir, "pretext"), log=print
+    )
     wall = time.perf_counter() - t0
-    with np.load(os.path.join(workdir, "seed0", "pretext.npz")) as z:
-        info = json.loads(str(z["info"]))
+    with open(os.path.join(workdir, "meta.json")) as f:
+        info = json.load(f)["seeds"]["0"]["phases"]
+    shutil.rmtree(workdir)
     phases = {
         "pretext training": info["pretext_s"],
         "features (+ rotation losses)": info["features_s"],

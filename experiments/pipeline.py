@@ -6,6 +6,7 @@ The workdir holds everything needed to resume:
     seed<S>/beta.json                 beta search scores (one line per finished candidate)
     seed<S>/<method>/                 orbax checkpoints, one per finished cycle
     results.jsonl, summary.md, curves.png, selections.png
+    meta.json                         per seed: phase seconds, beta, beta search; wall time
 
 Pretext features are shared by every run with the same data and pretext settings (budgets,
 method lists, ablations of the selection step), in `pretext_dir` (default: `pretext/` beside
@@ -444,6 +445,7 @@ def run_experiment(
             all_records.sort(key=lambda r: (r["seed"], c.methods.index(r["method"]), r["cycle"]))
             publish()
     meta["wall_s"] = round(time.perf_counter() - t_start, 1)
+    report.atomic_write(os.path.join(workdir, "meta.json"), json.dumps(meta, indent=2) + "\n")
     write_reports(c, d, all_records, meta, workdir)
     return all_records
 

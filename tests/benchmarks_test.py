@@ -1,9 +1,11 @@
-"""The benchmark suite's pure parts: statistics, table formatting, plans and NumPy references.
+"""The benchmark suite's pure parts (statistics, table formatting, plans, NumPy references)
+and a toy-size run of the by-phase BAL benchmark.
 
 No timing assertions here: benchmarks are run with ``python -m benchmarks.run``.
 """
 
 import math
+import os
 
 import numpy as np
 import pytest
@@ -204,3 +206,25 @@ def test_torch_reference_layout():
     )
     assert probs.shape == (3, 10) and feats.shape == (3, 64)
     np.testing.assert_allclose(probs.sum(1), 1.0, rtol=1e-5)
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CIFAR = os.path.join(ROOT, "..", "shared", "datasets", "cifar10-jpg.tar.gz")
+
+
+@pytest.mark.skipif(not os.path.exists(CIFAR), reason="shared CIFAR-10 tarball not present")
+def test_bal_run_reports_every_phase(tmp_path, monkeypatch):
+    from benchmarks import bal_run
+
+    tiny = dict(train_subset=400, val_size=100, test_subset=200, fractions=(0.1, 0.2))
+    monkeypatch.setattr(
+        bal_run,
+        "SETTINGS",
+        bal_run.SETTINGS | tiny | dict(width=0.0625, pretext_epochs=1, epochs=1),
+    )
+    monkeypatch.chdir(ROOT)  # the preset's dataset path is relative to the repository root
+    out = tmp_path / "bal_run.md"
+    bal_run.main([f"--out={out}"])
+    text = out.read_text()
+    for phase in ("pretext training", "clustering", "main-task training", "selection", "total"):
+        assert f"| {phase}" in text or f"| **{phase}" in text, phase

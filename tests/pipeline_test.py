@@ -62,7 +62,7 @@ def test_outputs(clean_run):
     assert {r["beta"] for r in records if r["method"] == "bal"} <= {1.0, 2.0}
     with open(os.path.join(workdir, "seed0", "beta.json")) as f:
         assert set(json.load(f)["scores"]) == {"1.0", "2.0"}
-    for name in ("summary.md", "curves.png", "selections.png", "config.json"):
+    for name in ("summary.md", "curves.png", "selections.png", "config.json", "meta.json"):
         assert os.path.exists(os.path.join(workdir, name)), name
     assert "| bal |" in proc.stdout and "| random |" in proc.stdout
 
