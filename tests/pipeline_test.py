@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 from experiments import report
@@ -110,6 +111,26 @@ def test_pretext_features_are_shared_across_budgets_not_across_pretext_settings(
     )
     assert "pretext training" in other_pretext.stdout
     assert len(os.listdir(pretext_dir)) == 2
+
+
+def test_diagnose_reads_the_runs_pretext_features(clean_run):
+    pretext_dir = os.path.join(os.path.dirname(clean_run[0]), "pretext")
+    cmd = [sys.executable, "-m", "experiments.diagnose", f"--pretext_dir={pretext_dir}", *TINY]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "| pretext (width 0.0625) | 0 |" in proc.stdout and "| raw pixels | 0 |" in proc.stdout
+
+
+def test_diagnose_purity_and_nmi_match_scikit_learn():
+    from sklearn.metrics import normalized_mutual_info_score
+
+    from experiments.diagnose import nmi, purity
+
+    rng = np.random.default_rng(0)
+    y, c = rng.integers(0, 5, 300), rng.integers(0, 7, 300)
+    assert nmi(y, c) == pytest.approx(normalized_mutual_info_score(y, c), abs=1e-9)
+    assert purity(y, y) == 1.0 and nmi(y, y) == pytest.approx(1.0)
+    assert purity(np.array([0, 0, 1, 1]), np.array([0, 0, 0, 0])) == 0.5
 
 
 def test_workdir_of_another_config_is_refused(clean_run):
