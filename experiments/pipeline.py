@@ -452,11 +452,13 @@ def run_experiment(
 
 def write_reports(c: Config, d: Data, records: list[dict], meta: dict, workdir: str) -> None:
     table = report.accuracy_table(records, c.methods)
+    paired = report.paired_difference_table(records, "bal", c.methods)
     lines = [
         f"# BAL on {d.name}, {c.budget_name} budget",
         "",
         table,
         "",
+        *([paired, ""] if paired else []),
         f"Pool {d.pool.images.shape[0]} images, validation {d.val.images.shape[0]} "
         f"(beta search only), test {d.test.images.shape[0]} (reported only). "
         "Reported model: last epoch of each cycle.",

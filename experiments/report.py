@@ -70,6 +70,72 @@ def accuracy_table(records: Sequence[dict], methods: Sequence[str] | None = None
     return "\n".join(lines)
 
 
+def paired_difference_table(
+    records: Sequence[dict], reference: str, methods: Sequence[str] | None = None
+) -> str:
+    """`reference` minus each other method, paired by seed and labeled fraction.
+
+    Each cell is the mean ± std over seeds of acc(reference) - acc(method) in points, marked
+    (+) when the mean is more than 2 standard errors above 0 and (−) when more than 2 below
+    (no mark with one seed). The last column is the same for the mean over the fractions
+    (the area under the learning curve). Empty string when `reference` has no records.
+    """
+    acc = {
+        (r["method"], r.get("seed", 0), round(r["fraction"], 4)): 100.0 * r["accuracy"]
+        for r in records
+    }
+    fractions = sorted({f for _, _, f in acc})
+    order = [m for m in _method_order(records, methods) if m != reference]
+    if reference not in {m for m, _, _ in acc} or not order:
+        return ""
+
+    def cell(diffs):
+        if not diffs:
+            return "–"
+        mean = float(np.mean(diffs))
+        if len(diffs) == 1:
+            return f"{mean:+.1f}"
+        std = float(np.std(diffs, ddof=1))
+        se = std / math.sqrt(len(diffs))
+        mark = " (+)" if mean > 2 * se else " (−)" if mean < -2 * se else ""
+        return f"{mean:+.1f} ± {std:.1f}{mark}"
+
+    head = (
+        f"| {reference} minus | "
+        + " | ".join(f"{100 * f:.1f}%" for f in fractions)
+        + " | mean over the curve |"
+    )
+    lines = [head, "|---|" + "---|" * (len(fractions) + 1)]
+    for m in order:
+        seeds = sorted(
+            {s for mm, s, _ in acc if mm == m} & {s for mm, s, _ in acc if mm == reference}
+        )
+        row = []
+        for f in fractions:
+            row.append(
+                cell(
+                    [
+                        acc[(reference, s, f)] - acc[(m, s, f)]
+                        for s in seeds
+                        if (reference, s, f) in acc and (m, s, f) in acc
+                    ]
+                )
+            )
+        curve = [
+            np.mean([acc[(reference, s, f)] - acc[(m, s, f)] for f in fractions])
+            for s in seeds
+            if all((reference, s, f) in acc and (m, s, f) in acc for f in fractions)
+        ]
+        row.append(cell(curve))
+        lines.append(f"| {m} | " + " | ".join(row) + " |")
+    lines.append("")
+    lines.append(
+        f"Accuracy of {reference} minus the method's, in points, paired by seed: mean ± std "
+        "over seeds; (+) / (−) where the mean is more than 2 standard errors above / below 0."
+    )
+    return "\n".join(lines)
+
+
 def plot_curves(records: Sequence[dict], path: str, *, title: str = "") -> None:
     """Accuracy vs labeled % per method, mean line with a ±1 std band over seeds."""
     import matplotlib

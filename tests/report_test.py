@@ -35,6 +35,21 @@ def test_accuracy_table_mean_std():
     assert "2 seed(s) [0, 1]" in table
 
 
+def test_paired_difference_table_pairs_by_seed():
+    recs = _records()
+    # Seed-to-seed spread (50 vs 60) is larger than the gap, but the gap is the same in both
+    # seeds: the pairing sees +10 exactly.
+    lines = report.paired_difference_table(recs, "bal").splitlines()
+    assert lines[0] == "| bal minus | 2.0% | 4.0% | mean over the curve |"
+    assert lines[2] == "| random | +10.0 ± 0.0 (+) | +10.0 ± 0.0 (+) | +10.0 ± 0.0 (+) |"
+    for r in recs:  # random now beats bal by 10 in seed 0 only: mean 0, no verdict
+        if r["method"] == "random" and r["seed"] == 0:
+            r["accuracy"] += 0.2
+    row = report.paired_difference_table(recs, "bal").splitlines()[2]
+    assert row == "| random | +0.0 ± 14.1 | +0.0 ± 14.1 | +0.0 ± 14.1 |"
+    assert report.paired_difference_table(recs, "coreset") == ""
+
+
 def test_accuracy_table_refuses_nan():
     recs = _records()
     recs[0]["accuracy"] = math.nan
