@@ -14,11 +14,11 @@ Lloyd iterations in a `lax.while_loop` with scikit-learn's stopping rule. Distan
 Memory and speed: the pool is visited in blocks of at most ``chunk_size`` rows (default and
 upper bound `BLOCK_ROWS`) by `lax.scan`, so apart from the (N, D) input only
 O(block * K + N + K * D) is live (the (N, K) distance matrix never exists). Blocks of a few
-thousand rows keep each block's distances in cache: on a 2-core CPU a Lloyd step at 200,000 x
-512, K=200 took 0.81 s unblocked, 0.82 s in blocks of 16,384 and 0.60 s in blocks of 4,096
-(K=10 at 50,000: 0.081 / 0.042 s). Blocks are balanced (N = 50,000 gives 13 blocks of
-3,847 rows); the last block is shifted back to end at row N and its rows already seen
-are masked out, which avoids padding, i.e. copying, the (N, D) pool.
+thousand rows keep each block's distances in cache: on a 2-core CPU (another job running) a
+Lloyd step at 200,000 x 512, K=200 took 0.81 s unblocked, 0.82 s in blocks of 16,384 and
+0.60 s in blocks of 4,096 (K=10 at 50,000: 0.081 / 0.042 s). Blocks are balanced (N = 50,000
+gives 13 blocks of 3,847 rows); the last block is shifted back to end at row N and its rows
+already seen are masked out, which avoids padding, i.e. copying, the (N, D) pool.
 
 The public functions validate their inputs in Python (shapes, dtypes, ranges and, when the
 arrays are concrete, finiteness) and call a jitted core. They can themselves be traced by an

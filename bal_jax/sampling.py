@@ -512,8 +512,8 @@ def kmeans_centers(
 # algorithm (up to float rounding of the distances) at ~1/_KC_GROUP of the memory traffic.
 # A batch that accepted at most _KC_SMALL_GROUP picks updates the distances with that many
 # columns, so data where few shortlist points qualify pay no more than before. On 200,000 x
-# 512 Gaussian points, 1,000 labeled, k=1,000 (2-core CPU): group 16 / shortlist 256 12.1 s,
-# 64 / 512 5.9 s, 128 / 1,024 4.9 s, 256 / 2,048 5.2 s.
+# 512 Gaussian points, 1,000 labeled, k=1,000 (2-core CPU, another job running): group 16 /
+# shortlist 256 12.1 s, 64 / 512 5.9 s, 128 / 1,024 4.9 s, 256 / 2,048 5.2 s.
 _KC_TOP = 1024
 _KC_GROUP = 128
 _KC_SMALL_GROUP = 16
