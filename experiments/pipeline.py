@@ -442,6 +442,7 @@ def run_experiment(
             for r in records:
                 if (seed, method, r["cycle"]) not in have:
                     all_records.append(finish(r))
+                    meta["resumed"] = True
             all_records.sort(key=lambda r: (r["seed"], c.methods.index(r["method"]), r["cycle"]))
             publish()
     meta["wall_s"] = round(time.perf_counter() - t_start, 1)
@@ -487,7 +488,8 @@ def write_reports(c: Config, d: Data, records: list[dict], meta: dict, workdir: 
         "",
         "Seconds per phase over all cycles: "
         + ", ".join(f"{k} {v:.1f}" for k, v in secs.items())
-        + f". Wall time of this invocation: {meta['wall_s']}s.",
+        + f". Wall time of this invocation: {meta['wall_s']}s"
+        + (" (it resumed cycles finished by an earlier one)." if meta.get("resumed") else "."),
         "",
     ]
     report.atomic_write(os.path.join(workdir, "summary.md"), "\n".join(lines))

@@ -88,6 +88,10 @@ def test_kill_mid_run_then_resume_reproduces_clean_run(clean_run, tmp_path):
     resumed = report.read_jsonl(results)
     expected = report.read_jsonl(os.path.join(clean_run[0], "results.jsonl"))
     assert _comparable(resumed) == _comparable(expected)
+    with open(os.path.join(workdir, "summary.md")) as f:
+        assert "resumed cycles finished by an earlier one" in f.read()
+    with open(os.path.join(clean_run[0], "summary.md")) as f:
+        assert "resumed" not in f.read()
 
 
 def test_pretext_features_are_shared_across_budgets_not_across_pretext_settings(
