@@ -70,15 +70,31 @@ def accuracy_table(records: Sequence[dict], methods: Sequence[str] | None = None
     return "\n".join(lines)
 
 
+# Two-sided 5% critical values of Student's t by degrees of freedom (10 stands for >= 10,
+# which makes the test slightly conservative there).
+_T_975 = {
+    1: 12.706,
+    2: 4.303,
+    3: 3.182,
+    4: 2.776,
+    5: 2.571,
+    6: 2.447,
+    7: 2.365,
+    8: 2.306,
+    9: 2.262,
+    10: 2.228,
+}
+
+
 def paired_difference_table(
     records: Sequence[dict], reference: str, methods: Sequence[str] | None = None
 ) -> str:
     """`reference` minus each other method, paired by seed and labeled fraction.
 
     Each cell is the mean ± std over seeds of acc(reference) - acc(method) in points, marked
-    (+) when the mean is more than 2 standard errors above 0 and (−) when more than 2 below
-    (no mark with one seed). The last column is the same for the mean over the fractions
-    (the area under the learning curve). Empty string when `reference` has no records.
+    (+) / (−) where a two-sided paired t-test rejects "no difference" at the 5% level (no
+    mark with one seed). The last column is the same for the mean over the fractions (the
+    area under the learning curve). Empty string when `reference` has no records.
     """
     acc = {
         (r["method"], r.get("seed", 0), round(r["fraction"], 4)): 100.0 * r["accuracy"]
@@ -96,8 +112,8 @@ def paired_difference_table(
         if len(diffs) == 1:
             return f"{mean:+.1f}"
         std = float(np.std(diffs, ddof=1))
-        se = std / math.sqrt(len(diffs))
-        mark = " (+)" if mean > 2 * se else " (−)" if mean < -2 * se else ""
+        bound = _T_975[min(len(diffs) - 1, 10)] * std / math.sqrt(len(diffs))
+        mark = " (+)" if mean > bound else " (−)" if mean < -bound else ""
         return f"{mean:+.1f} ± {std:.1f}{mark}"
 
     head = (
@@ -131,7 +147,7 @@ def paired_difference_table(
     lines.append("")
     lines.append(
         f"Accuracy of {reference} minus the method's, in points, paired by seed: mean ± std "
-        "over seeds; (+) / (−) where the mean is more than 2 standard errors above / below 0."
+        "over seeds; (+) / (−): a paired t-test at the 5% level says the difference is not 0."
     )
     return "\n".join(lines)
 

@@ -69,3 +69,17 @@ def test_jsonl_roundtrip_and_plots(tmp_path):
             assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     assert not [p for p in os.listdir(tmp_path) if p.startswith(".tmp-")]
     np.testing.assert_equal(len(recs), 8)
+
+
+@pytest.mark.parametrize(
+    ("diffs", "mark"), [([1, 2, 3], ""), ([5, 6, 7], " (+)"), ([-5, -6, -7], " (−)")]
+)
+def test_paired_difference_marks_follow_a_t_test(diffs, mark):
+    # [1, 2, 3]: mean 2 is 3.5 standard errors from 0, short of t(2 df) = 4.30.
+    recs = [
+        {"method": m, "seed": s, "fraction": 0.1, "accuracy": 0.5 + (d / 100 if m == "bal" else 0)}
+        for s, d in enumerate(diffs)
+        for m in ("bal", "random")
+    ]
+    row = report.paired_difference_table(recs, "bal").splitlines()[2]
+    assert row.split(" | ")[1].endswith(f"± 1.0{mark}")
