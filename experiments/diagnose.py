@@ -3,12 +3,12 @@ r"""How good are the pretext features BAL clusters? A check that needs no traini
     python -m experiments.diagnose --config=cifar10_cpu --seeds=0,1,2
 
 For each seed, reads the cached pretext features of the run's settings (the runner's
-`--pretext_dir`, default `runs/pretext`) and clusters them, and the raw pixels as a
+`--pretext_dir`, default `pretext/` beside `--workdir`) and clusters them, and the raw pixels as a
 reference, with BAL's own K-means (K = the number of classes). It prints how well the
 clusters match the true classes (purity, normalised mutual information) and how the classes
-spread along BAL's CDD order: the share of each class in the first and last tenth of the
-order (the first sub-pools BAL draws from are at the start). The labels are used here for
-diagnosis only; BAL never sees them.
+spread along BAL's CDD order: the share of the most frequent class in the first and last
+tenth of the order (the first sub-pools BAL draws from are at the start). The labels are
+used here for diagnosis only; BAL never sees them.
 """
 
 from __future__ import annotations
@@ -19,11 +19,9 @@ import jax
 import numpy as np
 from absl import app, flags, logging
 
-from bal_jax.kmeans import cdd, kmeans
+from bal_jax.kmeans import cdd_order, kmeans
 from experiments import main as runner
-from experiments.pipeline import ConfigError, load_data, pretext_cache_dir
-
-_PRETEXT_DIR_DEFAULT = "runs/pretext"
+from experiments.pipeline import ConfigError, default_pretext_dir, load_data, pretext_cache_dir
 
 
 def purity(labels_N: np.ndarray, clusters_N: np.ndarray) -> float:
@@ -55,9 +53,9 @@ def _contingency(labels_N, clusters_N) -> np.ndarray:
 
 def describe(key, feats_ND: np.ndarray, labels_N: np.ndarray, num_classes: int) -> dict:
     """Purity, NMI and the class shares at both ends of the CDD order, for one feature set."""
-    result = kmeans(key, feats_ND, num_classes, chunk_size=4096)
+    result = kmeans(key, feats_ND, num_classes)
     clusters = np.asarray(result.assignments)
-    order = np.argsort(np.asarray(cdd(feats_ND, result.centers, chunk_size=4096)), kind="stable")
+    order = np.asarray(cdd_order(feats_ND, result.centers))
     tenth = max(1, labels_N.size // 10)
 
     def largest_share(idx):
@@ -80,7 +78,9 @@ def main(argv):
         d = load_data(cfg)
     except ConfigError as e:
         sys.exit(f"error: {e}")
-    pretext_dir = flags.FLAGS["pretext_dir"].value or _PRETEXT_DIR_DEFAULT
+    pretext_dir = flags.FLAGS["pretext_dir"].value or default_pretext_dir(
+        runner.default_workdir(cfg)
+    )
     cache = pretext_cache_dir(cfg, pretext_dir)
     labels = np.asarray(d.pool.labels)
     num_classes = len(d.class_names)

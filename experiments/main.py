@@ -115,6 +115,11 @@ def build_config(flag_values) -> config_lib.Config:
     return dataclasses.replace(cfg, **changes)
 
 
+def default_workdir(cfg: config_lib.Config) -> str:
+    """--workdir, or runs/<preset>_<budget>."""
+    return _WORKDIR.value or f"runs/{cfg.preset}_{cfg.budget_name}"
+
+
 class _DropOrbaxMergeNotice(std_logging.Filter):
     # Orbax warns on every single-process save that it has no per-process files to merge.
     def filter(self, record):
@@ -137,7 +142,7 @@ def main(argv):
     _log(f"JAX {jax.__version__}, devices: {jax.devices()}")
     try:
         cfg = build_config(flags.FLAGS)
-        workdir = _WORKDIR.value or f"runs/{cfg.preset}_{cfg.budget_name}"
+        workdir = default_workdir(cfg)
         run_experiment(cfg, workdir, pretext_dir=_PRETEXT_DIR.value, log=_log)
     except ConfigError as e:
         sys.exit(f"error: {e}")

@@ -209,6 +209,11 @@ PRETEXT_FIELDS = (
 )
 
 
+def default_pretext_dir(workdir: str) -> str:
+    """`pretext/` beside the workdir, so sibling workdirs (budgets, ablations) share it."""
+    return os.path.join(os.path.dirname(os.path.abspath(workdir)), "pretext")
+
+
 def pretext_cache_dir(c: Config, pretext_dir: str) -> str:
     """The folder holding this configuration's pretext features, one file per seed."""
     fp = c.fingerprint()
@@ -372,7 +377,7 @@ def run_experiment(
             )
     _bind_workdir(workdir, c)
     if pretext_dir is None:
-        pretext_dir = os.path.join(os.path.dirname(os.path.abspath(workdir)), "pretext")
+        pretext_dir = default_pretext_dir(workdir)
     log(
         f"{d.name}: pool {pool_size}, validation {d.val.images.shape[0]}, test "
         f"{d.test.images.shape[0]}, {len(d.class_names)} classes; budget {c.budget_name} "
