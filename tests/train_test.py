@@ -143,7 +143,7 @@ def test_golden_one_step_matches_hand_written_sgd():
     images, labels = x[:36], y[:36]
     model = small_model(seed=3)
     p0 = params_of(model)
-    graphdef, params, rest = train._split_for(model, training=True)
+    graphdef, params, rest = train.inputs.split_for(model, training=True)
     lr, wd = 0.1, 5e-4
 
     # Reference: one SGD step written by hand (first momentum step = plain step).
