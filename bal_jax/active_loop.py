@@ -15,6 +15,8 @@ run reproduces an uninterrupted one.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 import zlib
 from collections.abc import Callable, Sequence
@@ -25,7 +27,7 @@ import numpy as np
 from flax import nnx
 
 from bal_jax import train
-from bal_jax.checkpoint import RunCheckpointer
+from bal_jax.checkpoint import ModelStore, RunCheckpointer
 from bal_jax.methods import (
     HOT_START,
     NEEDS_FEATURES,
@@ -42,6 +44,9 @@ from bal_jax.models import VGG16
 # Dropout rate of the classifier for the MC-dropout (DBAL) baseline only.
 DBAL_DROPOUT = 0.5
 DBAL_SAMPLES = 10
+# A trained model that puts more than this share of the validation images into one class has
+# collapsed (a constant predictor scores chance): a failure to report, not a result.
+COLLAPSE_SHARE = 0.8
 
 
 class Split(NamedTuple):
@@ -69,6 +74,7 @@ class TrainSettings(NamedTuple):
     weight_decay: float = 5e-4
     augment: bool = True
     eval_batch_size: int = 512
+    recipe: train.Recipe = train.RECIPES["paper"]
 
 
 class PretextOutputs(NamedTuple):
@@ -80,6 +86,12 @@ class PretextOutputs(NamedTuple):
 def named_key(key: jax.Array, name: str) -> jax.Array:
     """A key for a named purpose, stable across processes (no Python hash randomisation)."""
     return jax.random.fold_in(key, zlib.crc32(name.encode()) & 0x7FFFFFFF)
+
+
+def collapse_share(logits_NC: np.ndarray) -> float:
+    """Share of the images predicted as the most frequent predicted class (1.0 = constant)."""
+    pred = np.argmax(np.asarray(logits_NC), axis=-1)
+    return float(np.bincount(pred).max() / max(pred.size, 1))
 
 
 def _fit_kwargs(settings: TrainSettings, mean, std, mesh) -> dict[str, Any]:
@@ -150,7 +162,13 @@ def _predict_pool(
     if method not in NEEDS_PROBS | NEEDS_FEATURES and method != "bal":
         return PoolPredictions()
     out = train.predict(
-        model, images, batch_size=settings.eval_batch_size, mean=mean, std=std, mesh=mesh
+        model,
+        images,
+        batch_size=settings.eval_batch_size,
+        mean=mean,
+        std=std,
+        mesh=mesh,
+        tta_flip=settings.recipe.tta_flip,
     )
     logits = np.asarray(out.logits_NC, np.float32)
     probs = np.asarray(jax.nn.softmax(logits, axis=-1))
@@ -174,6 +192,7 @@ def run_cycles(
     warm_start: bool = True,
     validation: Split | None = None,
     checkpointer: RunCheckpointer | None = None,
+    model_store: ModelStore | None = None,
     on_cycle: Callable[[dict], None] | None = None,
     stop_after: int | None = None,
     mesh=None,
@@ -196,6 +215,10 @@ def run_cycles(
         every cycle (large budget), each time with a fresh optimizer and schedule.
       validation: optional held-out split, accuracy recorded as `val_accuracy`.
       checkpointer: saves after every cycle and resumes from the latest step.
+      model_store: trained models keyed by lineage (initial weights, training keys, recipe
+        and labeled sets): a training that another method or beta candidate of this seed
+        already ran is restored instead of repeated, so methods that share a labeled set share
+        its model and its accuracy. The training key of cycle c depends only on (key, c).
       on_cycle: called with each new record (after it is checkpointed).
       stop_after: run only the first cycles (the beta search); sub-pools are still cut for
         all `len(counts)` cycles.
@@ -204,8 +227,11 @@ def run_cycles(
 
     Returns:
       One record per cycle: labeled count and fraction, accuracies, selected pool indices,
-      and seconds per phase. The reported model is the one after the last epoch (no model
-      selection on any split).
+      seconds per phase, `collapsed` (the model predicts one class for more than
+      COLLAPSE_SHARE of the validation images, or of the evaluation images without a
+      validation split; its accuracy is then a failure, not a result) with `majority_share`,
+      and `shared_model` (restored from `model_store`). The reported model is the one after
+      the last training step (no model selection on any split).
     """
     pool_size = pool.images.shape[0]
     num_cycles = len(counts)
@@ -217,6 +243,12 @@ def run_cycles(
             raise ValueError(f"beta={context.beta} is below its minimum {lowest:.4g} (k*C/N)")
     spec_dropout = DBAL_DROPOUT if method in NEEDS_MC_DROPOUT else 0.0
     init_key = named_key(key, "main_init")
+    train_key = named_key(key, "main_train")
+    root_digest = _digest(
+        "init",
+        jax.random.key_data(init_key),
+        repr((tuple(model), spec_dropout, tuple(settings), tuple(mean), tuple(std))),
+    )
 
     def fresh_model(cycle: int) -> VGG16:
         k = init_key if warm_start else jax.random.fold_in(init_key, cycle)
@@ -232,6 +264,7 @@ def run_cycles(
     label_cycle = np.full(pool_size, -1, np.int32)
     records: list[dict] = []
     start = 0
+    digest = None
     if checkpointer is not None:
         restored = checkpointer.restore(nnx.state(net))
         if restored is not None:
@@ -239,6 +272,7 @@ def run_cycles(
             label_cycle = restored.label_cycle.astype(np.int32)
             records = list(restored.meta["records"])
             start = restored.step
+            digest = records[-1].get("model_digest") if records else None
             log(f"[{method}] resumed after cycle {start} of {num_cycles}")
 
     method_key = named_key(key, method)
@@ -279,19 +313,43 @@ def run_cycles(
         t0 = time.perf_counter()
         if not warm_start and cycle > 0:
             net = fresh_model(cycle)
-        history = train.fit(
-            named_key(cycle_key, "train"),
-            net,
-            pool.images[labeled],
-            pool.labels[labeled],
-            **_fit_kwargs(settings, mean, std, mesh),
-            augment=settings.augment,
+        parent = digest if (warm_start and digest is not None) else _digest(root_digest, cycle)
+        digest = _digest(
+            parent,
+            cycle,
+            labeled,
+            np.ascontiguousarray(pool.images[labeled]),
+            np.asarray(pool.labels[labeled], np.int64),
         )
+        stored = None if model_store is None else model_store.load(digest, nnx.state(net))
+        if stored is not None:
+            nnx.update(net, stored[0])
+            train_loss = stored[1].get("train_loss")
+        else:
+            history = train.fit(
+                jax.random.fold_in(train_key, cycle),
+                net,
+                pool.images[labeled],
+                pool.labels[labeled],
+                **_fit_kwargs(settings, mean, std, mesh),
+                augment=settings.augment,
+                recipe=settings.recipe,
+            )
+            train_loss = _last_loss(history)
+            if model_store is not None:
+                model_store.save(digest, nnx.state(net), meta={"train_loss": train_loss})
         times["training"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        ev = dict(batch_size=settings.eval_batch_size, mean=mean, std=std, mesh=mesh)
-        acc = float(train.evaluate(net, evaluation.images, evaluation.labels, **ev))
+        ev = dict(
+            batch_size=settings.eval_batch_size,
+            mean=mean,
+            std=std,
+            mesh=mesh,
+            tta_flip=settings.recipe.tta_flip,
+        )
+        logits = train.predict(net, evaluation.images, **ev).logits_NC
+        acc = float(np.mean(np.argmax(logits, -1) == np.asarray(evaluation.labels)))
         record = {
             "method": method,
             "cycle": cycle,
@@ -299,12 +357,18 @@ def run_cycles(
             "fraction": labeled.size / pool_size,
             "accuracy": acc,
             "selected": picked.tolist(),
-            "train_loss": _last_loss(history),
+            "train_loss": train_loss,
+            "model_digest": digest,
+            "shared_model": stored is not None,
         }
         if validation is not None:
+            val_logits = train.predict(net, validation.images, **ev).logits_NC
             record["val_accuracy"] = float(
-                train.evaluate(net, validation.images, validation.labels, **ev)
+                np.mean(np.argmax(val_logits, -1) == np.asarray(validation.labels))
             )
+            logits = val_logits
+        record["majority_share"] = collapse_share(logits)
+        record["collapsed"] = record["majority_share"] > COLLAPSE_SHARE
         times["evaluation"] = time.perf_counter() - t0
         record["seconds"] = {k: round(v, 3) for k, v in times.items()}
         records.append(record)
@@ -312,14 +376,36 @@ def run_cycles(
             checkpointer.save(
                 cycle + 1, state=nnx.state(net), label_cycle=label_cycle, meta={"records": records}
             )
+        trained = "shared model" if stored is not None else f"train {times['training']:.1f}s"
         log(
             f"[{method}] cycle {cycle + 1}/{num_cycles}: {labeled.size} labeled "
             f"({100 * labeled.size / pool_size:.1f}%), accuracy {100 * acc:.2f}% "
-            f"(train {times['training']:.1f}s, select {times['selection']:.2f}s)"
+            f"({trained}, select {times['selection']:.2f}s)"
         )
+        if record["collapsed"]:
+            log(
+                f"[{method}] cycle {cycle + 1}: COLLAPSED: the model predicts one class for "
+                f"{100 * record['majority_share']:.0f}% of the "
+                f"{'validation' if validation is not None else 'evaluation'} images; its "
+                "accuracy is reported as a failure, not a result"
+            )
         if on_cycle is not None:
             on_cycle(record)
     return records
+
+
+def _digest(*parts) -> str:
+    """SHA-256 over arrays (their dtype, shape and bytes) and other values (their repr)."""
+    h = hashlib.sha256()
+    for p in parts:
+        if isinstance(p, np.ndarray | jax.Array):
+            a = np.asarray(p)
+            h.update(json.dumps([str(a.dtype), a.shape]).encode())
+            h.update(np.ascontiguousarray(a).tobytes())
+        else:
+            h.update(repr(p).encode())
+        h.update(b"|")
+    return h.hexdigest()[:24]
 
 
 def _last_loss(history) -> float | None:
@@ -358,6 +444,7 @@ def search_beta(
     mean: Sequence[float],
     std: Sequence[float],
     warm_start: bool = True,
+    model_store: ModelStore | None = None,
     done: dict[float, float] | None = None,
     on_score: Callable[[float, float], None] | None = None,
     mesh=None,
@@ -370,6 +457,8 @@ def search_beta(
     test split. Candidates below beta_min are dropped. Ties go to the smaller beta.
 
     Args:
+      model_store: shared trained models (see `run_cycles`): candidates whose first cycles
+        label the same images train once.
       done: scores already measured (resuming a search); `on_score` is called per new one.
     """
     pool_size = pool.images.shape[0]
@@ -396,6 +485,7 @@ def search_beta(
             mean=mean,
             std=std,
             warm_start=warm_start,
+            model_store=model_store,
             mesh=mesh,
             log=lambda s: None,
             stop_after=search_cycles,

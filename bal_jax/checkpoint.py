@@ -14,7 +14,9 @@ the previous step or the new one, never a half-written checkpoint.
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 from typing import Any, NamedTuple
 
 import jax
@@ -83,3 +85,54 @@ class RunCheckpointer:
 
     def close(self) -> None:
         self._manager.close()
+
+
+class ModelStore:
+    """Trained models keyed by their lineage digest, so an identical training runs once.
+
+    A main-task model is a function of its initial weights, its training key, the recipe and
+    every labeled set it was trained on (warm starts chain them). `bal_jax.active_loop` hashes
+    all of that into a digest; methods of one seed that start from the same labeled set (the
+    shared random set of the cold-start baselines, BAL's first CDD window for every beta
+    candidate) then share one trained model and its accuracy.
+
+        store = ModelStore(workdir / "seed0" / "models")
+        state = store.load(digest, nnx.state(model))     # None when not trained yet
+        store.save(digest, nnx.state(model), meta={"train_loss": 0.3})
+
+    Each entry is written atomically (orbax writes to a temporary folder and renames it; the
+    metadata file, written last, marks the entry complete).
+    """
+
+    def __init__(self, directory: str | os.PathLike):
+        self._dir = os.path.abspath(directory)
+        os.makedirs(self._dir, exist_ok=True)
+        self._ckptr = ocp.StandardCheckpointer()
+
+    def _paths(self, digest: str) -> tuple[str, str]:
+        base = os.path.join(self._dir, digest)
+        return os.path.join(base, "state"), os.path.join(base, "meta.json")
+
+    def load(self, digest: str, abstract_state: Any) -> tuple[Any, dict] | None:
+        """The stored state (on `abstract_state`'s structure) and metadata, or None."""
+        state_path, meta_path = self._paths(digest)
+        if not os.path.exists(meta_path):
+            return None
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
+        state = self._ckptr.restore(state_path, abstract)
+        with open(meta_path) as f:
+            return state, json.load(f)
+
+    def save(self, digest: str, state: Any, *, meta: dict) -> None:
+        """Stores a trained model under `digest` (a no-op when it is already stored)."""
+        state_path, meta_path = self._paths(digest)
+        if os.path.exists(meta_path):
+            return
+        if os.path.exists(state_path):  # a save interrupted before its metadata: redo it
+            shutil.rmtree(state_path)
+        self._ckptr.save(state_path, state)
+        self._ckptr.wait_until_finished()
+        tmp = f"{meta_path}.tmp-{os.getpid()}"
+        with open(tmp, "w") as f:
+            json.dump(meta, f)
+        os.replace(tmp, meta_path)

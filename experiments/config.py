@@ -46,6 +46,10 @@ class Config:
     batch_size: int = 16
     lr: float = 0.05
     milestones: tuple[int, ...] = (40,)
+    # Main-task recipe, a key of bal_jax.train.RECIPES: 'paper' (Table I: multistep SGD) or
+    # 'small_data' (warm-up + cosine in steps with a step floor, label smoothing, weight EMA,
+    # flip TTA; measured in experiments/reports/noise.md).
+    recipe: str = "paper"
     eval_batch_size: int = 512  # a multiple of 8 (TPU cores) and 16
 
     num_clusters: int | None = None  # None: the number of classes (SPEC Step 2)
@@ -160,6 +164,7 @@ def cifar10_cpu() -> Config:
         batch_size=64,
         lr=0.05,
         milestones=(15,),
+        recipe="small_data",
         beta_grid=(0.5, 1.0, 2.0),
     )
 

@@ -47,6 +47,7 @@ flags.DEFINE_integer("batch_size", None, "Main-task batch size.")
 flags.DEFINE_integer("pretext_batch_size", None, "Pretext batch size (images; 4 views each).")
 flags.DEFINE_integer("eval_batch_size", None, "Inference batch size.")
 flags.DEFINE_float("lr", None, "Main-task learning rate.")
+flags.DEFINE_enum("recipe", None, ["paper", "small_data"], "Main-task training recipe.")
 flags.DEFINE_list("milestones", None, "Main-task epochs where the learning rate drops 10x.")
 flags.DEFINE_list("pretext_milestones", None, "Pretext epochs where the learning rate drops 10x.")
 flags.DEFINE_float("beta", None, "Fixed balancing factor (default: searched on validation).")
@@ -81,6 +82,7 @@ _OVERRIDES = {
     "pretext_batch_size": ("pretext_batch_size", int),
     "eval_batch_size": ("eval_batch_size", int),
     "lr": ("lr", float),
+    "recipe": ("recipe", str),
     "milestones": ("milestones", lambda v: tuple(int(x) for x in v)),
     "pretext_milestones": ("pretext_milestones", lambda v: tuple(int(x) for x in v)),
     "beta": ("beta", float),

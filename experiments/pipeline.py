@@ -5,6 +5,8 @@ The workdir holds everything needed to resume:
     config.json                       what the numbers depend on (a different one is refused)
     seed<S>/beta.json                 beta search scores (one line per finished candidate)
     seed<S>/<method>/                 orbax checkpoints, one per finished cycle
+    seed<S>/models/<digest>/          trained main models shared by methods and beta candidates
+                                      that train on the same labeled sets (train once)
     results.jsonl, summary.md, curves.png, selections.png
     meta.json                         per seed: phase seconds, beta, beta search; wall time
 
@@ -41,7 +43,7 @@ from bal_jax.active_loop import (
     search_beta,
 )
 from bal_jax.budgets import BUDGETS, cycle_counts, validate_fractions
-from bal_jax.checkpoint import RunCheckpointer
+from bal_jax.checkpoint import ModelStore, RunCheckpointer
 from bal_jax.methods import (
     BAL_SAMPLERS,
     INDICATORS,
@@ -52,6 +54,7 @@ from bal_jax.methods import (
     bal_order,
 )
 from bal_jax.parallel import make_mesh
+from bal_jax.train import RECIPES
 from experiments import report
 from experiments.config import Config
 
@@ -91,6 +94,7 @@ def check_config(c: Config) -> None:
             list(ms) == sorted(set(ms)) and all(m > 0 for m in ms),
             f"--{name}={','.join(map(str, ms))} must be strictly increasing positive epochs",
         )
+    need(c.recipe in RECIPES, f"--recipe must be one of {', '.join(RECIPES)}, got {c.recipe!r}")
     need(c.val_size >= 1, f"--val_size must be at least 1, got {c.val_size}")
     need(c.bal_sampler in BAL_SAMPLERS, f"--bal_sampler must be one of {BAL_SAMPLERS}")
     need(c.cdd_order in ("ascending", "descending"), "--cdd_order must be ascending or descending")
@@ -290,7 +294,7 @@ def _seed_context(
     return context, info
 
 
-def _search_beta(c, d, key, context, counts, seed_dir, mesh, log) -> tuple[float, dict]:
+def _search_beta(c, d, key, context, counts, seed_dir, store, mesh, log) -> tuple[float, dict]:
     path = os.path.join(seed_dir, "beta.json")
     state = {"scores": {}}
     if os.path.exists(path):
@@ -316,6 +320,7 @@ def _search_beta(c, d, key, context, counts, seed_dir, mesh, log) -> tuple[float
         mean=d.mean,
         std=d.std,
         warm_start=c.use_warm_start,
+        model_store=store,
         done=done,
         on_score=on_score,
         mesh=mesh,
@@ -334,6 +339,7 @@ def _main_settings(c: Config) -> TrainSettings:
         learning_rate=c.lr,
         milestones=c.milestones,
         eval_batch_size=c.eval_batch_size,
+        recipe=RECIPES[c.recipe],
     )
 
 
@@ -395,6 +401,7 @@ def run_experiment(
         key = jax.random.key(seed)
         seed_dir = os.path.join(workdir, f"seed{seed}")
         os.makedirs(seed_dir, exist_ok=True)
+        store = ModelStore(os.path.join(seed_dir, "models"))
         needs_pretext = any(m in ("bal", "pt4al", "typiclust") for m in c.methods)
         context, info = (
             _seed_context(c, d, key, seed, pretext_dir, mesh, log)
@@ -403,7 +410,7 @@ def run_experiment(
         )
         beta_state = None
         if "bal" in c.methods and c.beta is None and c.subpools == "adaptive":
-            beta, beta_state = _search_beta(c, d, key, context, counts, seed_dir, mesh, log)
+            beta, beta_state = _search_beta(c, d, key, context, counts, seed_dir, store, mesh, log)
             context = context._replace(beta=beta)
         meta["seeds"][seed] = {"phases": info, "beta": context.beta, "beta_search": beta_state}
         for method in c.methods:
@@ -437,6 +444,7 @@ def run_experiment(
                 std=d.std,
                 warm_start=c.use_warm_start,
                 checkpointer=ckpt,
+                model_store=store,
                 mesh=mesh,
                 log=log,
                 on_cycle=lambda r, finish=finish: (all_records.append(finish(r)), publish()),
@@ -456,6 +464,23 @@ def run_experiment(
     return all_records
 
 
+def _recipe_text(c: Config) -> str:
+    r = RECIPES[c.recipe]
+    if r.schedule == "multistep":
+        text = f"(lr {c.lr} x0.1 at epochs {list(c.milestones)}"
+    else:
+        text = f"(lr {c.lr}, {100 * r.warmup_fraction:g}% warm-up then cosine to 0"
+    if r.min_steps:
+        text += f", at least {r.min_steps} steps"
+    extras = [
+        f"label smoothing {r.label_smoothing:g}" if r.label_smoothing else "",
+        f"weight EMA {r.ema_decay:g}" if r.ema_decay else "",
+        "flip TTA" if r.tta_flip else "",
+        "Nesterov" if r.nesterov else "",
+    ]
+    return text + "".join(f", {e}" for e in extras if e) + f", batch {c.batch_size})"
+
+
 def write_reports(c: Config, d: Data, records: list[dict], meta: dict, workdir: str) -> None:
     table = report.accuracy_table(records, c.methods)
     paired = report.paired_difference_table(records, "bal", c.methods)
@@ -469,7 +494,8 @@ def write_reports(c: Config, d: Data, records: list[dict], meta: dict, workdir: 
         f"(beta search only), test {d.test.images.shape[0]} (reported only). "
         "Reported model: last epoch of each cycle.",
         f"Preset `{c.preset}`; VGG16 width {c.width}; pretext {c.pretext_epochs} epochs, main "
-        f"{c.epochs} epochs per cycle ({'warm start' if c.use_warm_start else 'from scratch'}).",
+        f"{c.epochs} epochs per cycle ({'warm start' if c.use_warm_start else 'from scratch'}), "
+        f"recipe `{c.recipe}` {_recipe_text(c)}.",
         "",
         "| seed | beta | beta search: validation acc. (%) | search s | pretext s | features s "
         "| clustering s |",

@@ -43,14 +43,21 @@ def _method_order(records, methods: Sequence[str] | None):
 
 def accuracy_table(records: Sequence[dict], methods: Sequence[str] | None = None) -> str:
     """The paper's table layout: one row per method, one column per labeled fraction,
-    test accuracy in percent as mean ± std over seeds (sample std; n in the header)."""
+    test accuracy in percent as mean ± std over seeds (sample std; n in the header).
+
+    A cell where any seed's model collapsed (record `collapsed`: it predicts one class) shows
+    which seeds failed instead of a number: a constant predictor's accuracy is not a result.
+    """
     cells: dict[tuple[str, float], list[float]] = defaultdict(list)
+    failed: dict[tuple[str, float], list] = defaultdict(list)
     fractions = sorted({round(r["fraction"], 4) for r in records})
     for r in records:
         acc = r["accuracy"]
         if not math.isfinite(acc):
             raise ValueError(f"non-finite accuracy in record {r}")
         cells[(r["method"], round(r["fraction"], 4))].append(100.0 * acc)
+        if r.get("collapsed"):
+            failed[(r["method"], round(r["fraction"], 4))].append(r.get("seed", 0))
     seeds = sorted({r.get("seed", 0) for r in records})
     head = "| method | " + " | ".join(f"{100 * f:.1f}%" for f in fractions) + " |"
     lines = [head, "|---|" + "---|" * len(fractions)]
@@ -58,7 +65,9 @@ def accuracy_table(records: Sequence[dict], methods: Sequence[str] | None = None
         row = []
         for f in fractions:
             vals = cells.get((m, f), [])
-            if not vals:
+            if failed.get((m, f)):
+                row.append("collapsed (seed " + ", ".join(map(str, failed[(m, f)])) + ")")
+            elif not vals:
                 row.append("–")
             elif len(vals) == 1:
                 row.append(f"{vals[0]:.1f}")
@@ -67,6 +76,11 @@ def accuracy_table(records: Sequence[dict], methods: Sequence[str] | None = None
         lines.append(f"| {m} | " + " | ".join(row) + " |")
     lines.append("")
     lines.append(f"Test accuracy (%), mean ± std over {len(seeds)} seed(s) {seeds}.")
+    if failed:
+        lines.append(
+            "collapsed: that seed's model predicted one class for most validation images "
+            "(a failed training, reported instead of its accuracy)."
+        )
     return "\n".join(lines)
 
 
@@ -96,9 +110,11 @@ def paired_difference_table(
     mark with one seed). The last column is the same for the mean over the fractions (the
     area under the learning curve). Empty string when `reference` has no records.
     """
+    # Collapsed models are failures, not numbers: their pairs are left out.
     acc = {
         (r["method"], r.get("seed", 0), round(r["fraction"], 4)): 100.0 * r["accuracy"]
         for r in records
+        if not r.get("collapsed")
     }
     fractions = sorted({f for _, _, f in acc})
     order = [m for m in _method_order(records, methods) if m != reference]

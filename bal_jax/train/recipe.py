@@ -65,7 +65,7 @@ def check_recipe(recipe: Recipe) -> Recipe:
 PAPER = Recipe()
 SMALL_DATA = Recipe(
     schedule="cosine",
-    min_steps=400,
+    min_steps=640,
     warmup_fraction=0.05,
     label_smoothing=0.1,
     ema_decay=0.99,
