@@ -225,7 +225,8 @@ def test_images_added_removed_changed_and_unreadable(base_project, images, tmp_p
         f.write(b"\xff\xd8\xff\xe0 truncated")
     project = LabelingProject.open(workdir, log=lines.append)
     assert project.pool.ids_N.shape == (124,) and project._order.shape == (124,)
-    assert any("4 new image(s) joined the pool" in s and "recomputed" in s for s in lines)
+    assert any("4 new image(s) joined the pool" in s for s in lines)
+    assert any("features of 4 image(s)" in s and "CDD order recomputed" in s for s in lines)
     assert any("skipped 1 unreadable image(s): broken.jpg" in s for s in lines)
     rnd = project.next_round()
     project.import_labels(annotate(rnd, truth, tmp_path / "r0.csv"))
@@ -332,7 +333,12 @@ def test_init_refusals_and_resume(base_project, images, tmp_path, monkeypatch):
     )
     assert not any("pretext: rotation network" in s for s in lines)  # not trained again
     assert len(project.labels()) == 30 and project._order.shape == (NUM_IMAGES,)
-    # Through the command line: an unfinished init is refused by later commands.
-    cmd = [sys.executable, "-m", "experiments.label", "next", f"--workdir={tmp_path / 'p1'}"]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert proc.returncode != 0 and "error:" in proc.stderr and "init" in proc.stderr
+    # Through the command line: an unfinished init, and other settings, are refused.
+    for args, message in [
+        (["next", f"--workdir={tmp_path / 'p1'}"], "is not a labeling project (run init first)"),
+        (["status", f"--workdir={base_project}", "--epochs=7"], "(differs in: main)"),
+    ]:
+        cmd = [sys.executable, "-m", "experiments.label", *args]
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 1 and proc.stderr.startswith("error:"), proc.stderr
+        assert message in proc.stderr

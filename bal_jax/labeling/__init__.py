@@ -15,9 +15,9 @@ the same class. A project folder holds all its state:
 
     config.json     the settings it is bound to (a different configuration is refused)
     state.json      project id, images folder, classes, rounds' sizes, normalisation, beta
-    pool.npz        ids, file sizes/mtimes, content hashes and decoded images (the cache)
+    pool.npz        ids, file sizes/mtimes, content hashes, decoded images, pretext
+                    features and the CDD order, in one atomically written file
     pretext/        the rotation network (orbax), to compute features of images added later
-    features.npz    pretext features and the CDD order of the pool
     journal.jsonl   every label ever imported, append-only, rewritten atomically per import
     rounds/NN/      round.json (written last), to_label.csv, tasks.json (Label Studio)
     models/round_NN the classifier that picked round NN; cv.json, exports.json

@@ -17,6 +17,7 @@ import csv
 import io
 import json
 import os
+import urllib.parse
 from collections.abc import Sequence
 from typing import NamedTuple
 from xml.sax.saxutils import quoteattr
@@ -165,7 +166,7 @@ def _read_label_studio(path: str, data) -> LabelRows:
 
 def _strip_ls_prefix(url: str) -> str:
     if url.startswith(LS_IMAGE_PREFIX):
-        return "/" + url[len(LS_IMAGE_PREFIX) :].lstrip("/")
+        return "/" + urllib.parse.unquote(url[len(LS_IMAGE_PREFIX) :]).lstrip("/")
     return url
 
 

@@ -30,7 +30,7 @@ from flax import nnx
 
 from bal_jax import train
 from bal_jax.active_loop import named_key
-from bal_jax.data import cache, channel_stats
+from bal_jax.data import channel_stats
 from bal_jax.labeling import formats, models
 from bal_jax.labeling import pool as pool_lib
 from bal_jax.labeling.config import (
@@ -42,7 +42,7 @@ from bal_jax.labeling.config import (
     listed,
     round_counts,
 )
-from bal_jax.labeling.store import ProjectStore, log_unreadable, read_json, write_json
+from bal_jax.labeling.store import ProjectStore, log_unreadable, read_json, save_npz, write_json
 from bal_jax.methods import PoolPredictions, SelectionContext, select
 from bal_jax.models import VGG16
 
@@ -105,6 +105,11 @@ class LabelingProject(ProjectStore):
             raise LabelingError(
                 f"images folder {images} holds no images ({', '.join(pool_lib.IMAGE_EXTENSIONS)})"
             )
+        if labels:
+            try:  # a malformed labels file is refused before any image is decoded
+                formats.read_labels(labels)
+            except formats.LabelFileError as e:
+                raise LabelingError(str(e)) from None
         classes, folder_labels = folder_classes(images, list(snapshot), config.classes, labels)
         budget = dict(budget=config.budget, per_round=config.per_round, rounds=config.rounds)
         n = len(snapshot)
@@ -128,7 +133,7 @@ class LabelingProject(ProjectStore):
                 counts=counts,
                 pool_size=n,
             )
-            cache.save_npz(os.path.join(workdir, "pool.npz"), pool.arrays())
+            save_npz(os.path.join(workdir, "pool.npz"), pool.arrays())
             state = {
                 "project_id": uuid.uuid4().hex[:12],
                 "images": images,

@@ -19,7 +19,6 @@ import jax
 import numpy as np
 
 from bal_jax.active_loop import named_key
-from bal_jax.data import cache
 from bal_jax.labeling import formats, models
 from bal_jax.labeling import pool as pool_lib
 from bal_jax.labeling.config import LabelingError, ProjectConfig, listed, unreadable_message
@@ -27,7 +26,7 @@ from bal_jax.labeling.journal import Journal
 from bal_jax.methods import bal_order
 from bal_jax.models import VGG16
 
-__all__ = ["ProjectStore", "read_json", "write_json"]
+__all__ = ["ProjectStore", "read_json", "save_npz", "write_json"]
 
 
 def write_json(path: str, obj) -> None:
@@ -36,6 +35,16 @@ def write_json(path: str, obj) -> None:
     with open(tmp, "w") as f:
         json.dump(obj, f, indent=2, sort_keys=True)
         f.write("\n")
+    os.replace(tmp, path)
+
+
+def save_npz(path: str, arrays: dict) -> None:
+    """Writes arrays to `path` via a temporary file and a rename; errors are raised."""
+    tmp = f"{path}.tmp.npz"
+    with open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
 
 
@@ -75,13 +84,18 @@ class ProjectStore:
         return os.path.join(self.workdir, *parts)
 
     def _load_arrays(self) -> None:
-        arrays = cache.load_npz(self._path("pool.npz"))
+        # Pool, features and order live in one file, written atomically: never out of step.
+        arrays = np.load(self._path("pool.npz"), allow_pickle=False)
         self.pool = pool_lib.Pool.from_arrays(arrays)
-        feats = cache.load_npz(self._path("features.npz"))
-        self._features, self._order = None, None
+        self._features = arrays["features"] if "features" in arrays else None
+        self._order = arrays["order"] if "order" in arrays else None
+
+    def _save(self, pool: pool_lib.Pool, feats=None, order=None) -> None:
+        arrays = pool.arrays()
         if feats is not None:
-            assert list(feats["ids"]) == list(self.pool.ids_N), "features out of date"
-            self._features, self._order = feats["features"], feats["order"]
+            arrays.update(features=feats, order=order)
+        save_npz(self._path("pool.npz"), arrays)
+        self.pool, self._features, self._order = pool, feats, order
 
     @property
     def classes(self) -> list[str]:
@@ -131,22 +145,19 @@ class ProjectStore:
         feats = models.features(
             net, self.pool.images_NHWC, settings=c.pretext, mean=self.mean, std=self.std
         )
-        self._save_features(feats)
+        self._save(self.pool, feats, self._cdd_order(feats))
 
-    def _save_features(self, feats: np.ndarray) -> None:
+    def _cdd_order(self, feats: np.ndarray) -> np.ndarray:
         t0 = time.perf_counter()
         order = bal_order(
             named_key(self.key, "kmeans"),
             feats,
             num_clusters=self.config.num_clusters or len(self.state["classes"]),
         )
-        cache.save_npz(
-            self._path("features.npz"), {"ids": self.pool.ids_N, "features": feats, "order": order}
-        )
-        self._features, self._order = feats, order
         self.log(
             f"K-means + CDD order of {feats.shape[0]} images ({time.perf_counter() - t0:.1f}s)"
         )
+        return order
 
     def sync(self) -> pool_lib.PoolChange:
         """Brings the pool in line with the images folder (added, removed, changed files).
@@ -170,46 +181,37 @@ class ProjectStore:
                 f"{len(change.removed)} image(s) left {images} and the pool: "
                 f"{listed(change.removed)} (their labels stay in the journal)"
             )
-        fresh = [*change.added, *change.changed]
+        if change.added:
+            self.log(f"{len(change.added)} new image(s) joined the pool: {listed(change.added)}")
         if change.changed:
             self.log(f"{len(change.changed)} image(s) changed content: {listed(change.changed)}")
-        old = {str(i): n for n, i in enumerate(self.pool.ids_N)}
-        keep = [old[i] for i in pool.ids_N if i not in set(fresh)]
-        self.pool = pool
-        cache.save_npz(self._path("pool.npz"), pool.arrays())
-        if self._features is None:
+        if self._features is None:  # init has not computed features yet
+            self._save(pool)
             return change
+        fresh = np.isin(pool.ids_N, [*change.added, *change.changed])
+        old = {str(i): n for n, i in enumerate(self.pool.ids_N)}
         feats = np.zeros((pool.ids_N.shape[0], self._features.shape[1]), np.float32)
-        is_fresh = np.isin(pool.ids_N, fresh)
-        feats[~is_fresh] = self._features[keep]
-        if fresh:
+        feats[~fresh] = self._features[[old[i] for i in pool.ids_N[~fresh].tolist()]]
+        if fresh.any():
             self.log(
-                f"{len(change.added)} new image(s) joined the pool: {listed(change.added)}; "
-                "features from the stored pretext network, CDD order recomputed"
+                f"features of {int(fresh.sum())} image(s) from the stored pretext network; "
+                "CDD order recomputed"
             )
-            feats[is_fresh] = models.features(
+            feats[fresh] = models.features(
                 self._pretext_net(),
-                pool.images_NHWC[is_fresh],
+                pool.images_NHWC[fresh],
                 settings=self.config.pretext,
                 mean=self.mean,
                 std=self.std,
             )
-            self._save_features(feats)
+            order = self._cdd_order(feats)
         else:
             # Removal only: the remaining images keep their relative order.
-            where = {i: n for n, i in enumerate(pool.ids_N)}
-            order = np.asarray(
-                [where[i] for i in self._old_ids_in_order(old) if i in where], np.int64
-            )
-            cache.save_npz(
-                self._path("features.npz"), {"ids": pool.ids_N, "features": feats, "order": order}
-            )
-            self._features, self._order = feats, order
+            where = {i: n for n, i in enumerate(pool.ids_N.tolist())}
+            old_ids = self.pool.ids_N[self._order].tolist()
+            order = np.asarray([where[i] for i in old_ids if i in where], np.int64)
+        self._save(pool, feats, order)
         return change
-
-    def _old_ids_in_order(self, old_index: dict[str, int]) -> list[str]:
-        by_index = {n: i for i, n in old_index.items()}
-        return [by_index[int(n)] for n in self._order]
 
     def labels(self) -> dict[str, str]:
         """{id: class} of every labeled image (removed ones included)."""
