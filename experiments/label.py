@@ -27,6 +27,7 @@ from absl import app, flags, logging
 
 from bal_jax.active_loop import TrainSettings
 from bal_jax.labeling import LabelingError, LabelingProject, ProjectConfig, predict_folder
+from bal_jax.labeling.config import replace_settings
 
 COMMANDS = ("init", "next", "import", "status", "export", "predict")
 
@@ -94,7 +95,7 @@ def build_config(flag_values, base: ProjectConfig) -> ProjectConfig:
         if _given("eval_batch_size"):
             upd["eval_batch_size"] = flag_values["eval_batch_size"].value
         if upd:
-            changes[stage] = settings._replace(**upd)
+            changes[stage] = replace_settings(settings, **upd)
     return dataclasses.replace(base, **changes)
 
 

@@ -75,7 +75,7 @@ class ProjectConfig:
 
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)
-        d["pretext"], d["main"] = self.pretext._asdict(), self.main._asdict()
+        d["pretext"], d["main"] = settings_dict(self.pretext), settings_dict(self.main)
         return json.loads(json.dumps(d))
 
     @classmethod
@@ -108,6 +108,18 @@ class ProjectConfig:
             need(len(self.classes) >= 2, "give at least two classes")
             need(len(set(self.classes)) == len(self.classes), "a class is listed twice")
             need(all(c.strip() == c and c for c in self.classes), "class names must be non-empty")
+
+
+def settings_dict(settings: TrainSettings) -> dict:
+    """A training recipe as a dict (a NamedTuple today; a dataclass works too)."""
+    if dataclasses.is_dataclass(settings):
+        return dataclasses.asdict(settings)
+    return settings._asdict()
+
+
+def replace_settings(settings: TrainSettings, **changes) -> TrainSettings:
+    """A copy of a training recipe with `changes` applied."""
+    return TrainSettings(**{**settings_dict(settings), **changes})
 
 
 def listed(items, n: int = _MAX_LISTED) -> str:
