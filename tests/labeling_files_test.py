@@ -1,5 +1,6 @@
 """Labeling project pieces without training: label files, journal, pool scans, one-time checks."""
 
+import dataclasses
 import json
 import os
 
@@ -137,3 +138,16 @@ def test_budget_and_class_folder_checks():
         config_lib.folder_classes("D", [*ids, "junk/4.jpg"], ("cat", "dog"), None)
     with pytest.raises(LabelingError, match="no classes known"):
         config_lib.folder_classes("D", ["1.jpg"], None, None)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (dict(per_round=10), "give per_round with rounds"),
+        (dict(classes=("a", "a")), "a class is listed twice"),
+        (dict(main=config_lib.DEFAULT_MAIN._replace(milestones=(5, 3))), "--milestones must be"),
+    ],
+)
+def test_bad_settings_are_refused_before_any_work(change, message):
+    with pytest.raises(LabelingError, match=message):
+        dataclasses.replace(config_lib.ProjectConfig(), **change).check()

@@ -104,6 +104,14 @@ class ProjectConfig:
         need(self.width > 0, "width must be positive")
         need(self.beta is None or self.beta > 0, "beta must be positive")
         need(self.cv_folds >= 2, "cv_folds must be at least 2")
+        for stage, st in (("pretext_", self.pretext), ("", self.main)):
+            need(st.epochs >= 1 and st.batch_size >= 1, f"--{stage}epochs and batch size >= 1")
+            need(st.learning_rate > 0, f"--{stage}lr must be positive")
+            ms = list(st.milestones)
+            need(
+                ms == sorted(set(ms)) and all(m > 0 for m in ms),
+                f"--{stage}milestones must be strictly increasing positive epochs, got {ms}",
+            )
         if self.classes is not None:
             need(len(self.classes) >= 2, "give at least two classes")
             need(len(set(self.classes)) == len(self.classes), "a class is listed twice")
