@@ -6,7 +6,8 @@
                                 num_cycles=5, k=1000, beta=1.2, probs=probs_NC)
 
 Submodules: `kmeans`, `subpools`, `sampling`, `methods`, `budgets`, `models`, `train`,
-`data`, `parallel`, `active_loop`, `checkpoint`.
+`data`, `parallel`, `active_loop`, `checkpoint`, `labeling` (`LabelingProject`: label your
+own images round by round).
 """
 
 from bal_jax import data as data
@@ -19,6 +20,9 @@ from bal_jax.kmeans import cdd as cdd
 from bal_jax.kmeans import cdd_order as cdd_order
 from bal_jax.kmeans import kmeans as kmeans
 from bal_jax.kmeans import pairwise_sq_dists as pairwise_sq_dists
+from bal_jax.labeling import LabelingError as LabelingError
+from bal_jax.labeling import LabelingProject as LabelingProject
+from bal_jax.labeling import ProjectConfig as ProjectConfig
 from bal_jax.methods import METHODS as METHODS
 from bal_jax.methods import BALOptions as BALOptions
 from bal_jax.methods import bal_order as bal_order

@@ -1,0 +1,276 @@
+"""The networks of a labeling project: pretext network, classifier, saved with orbax.
+
+    net = train_pretext(key, images, width=0.125, settings=pretext_settings, mean=m, std=s)
+    feats_ND = features(net, images, settings=pretext_settings, mean=m, std=s)
+    save_model(path, classifier, meta={"classes": [...], ...})
+    classifier, meta = load_model(path)
+    predict_folder(path, "new_images/", out="preds.csv")    # path,label,confidence
+
+A saved model is a folder with `checkpoint/` (orbax, the whole `nnx.state`) and `model.json`
+(what is needed to rebuild and use the network: classes, width, channels, image size,
+normalisation). `model.json` is written last, so a folder without it is incomplete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable, Sequence
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from bal_jax import train
+from bal_jax.active_loop import TrainSettings, _fit_kwargs, named_key
+from bal_jax.data import decode
+from bal_jax.labeling import pool as pool_lib
+from bal_jax.labeling.config import LabelingError
+from bal_jax.models import VGG16
+
+__all__ = [
+    "cross_validate",
+    "features",
+    "fit_kwargs",
+    "load_model",
+    "predict_folder",
+    "read_meta",
+    "save_model",
+    "train_pretext",
+]
+
+_META = "model.json"
+
+
+def fit_kwargs(settings: TrainSettings, mean: Sequence[float], std: Sequence[float]) -> dict:
+    """`train.fit` / `train.fit_rotation` keyword arguments of one training stage.
+
+    The runner's own helper, so a project trains exactly as `run_cycles` does.
+    """
+    return _fit_kwargs(settings, mean, std, None)
+
+
+def train_pretext(
+    key: jax.Array,
+    images_NHWC: np.ndarray,
+    *,
+    width: float,
+    settings: TrainSettings,
+    mean: Sequence[float],
+    std: Sequence[float],
+    progress: Callable | None = None,
+) -> VGG16:
+    """Trains the rotation network on all images (SPEC Step 1).
+
+    Draws the same keys as `bal_jax.active_loop.pretext_outputs`, so a project and the
+    runner given the same pool and key get the same network.
+
+    Args:
+      key: the pretext key (the runner's `named_key(seed_key, "pretext")`).
+      images_NHWC: (N, H, W, C) uint8.
+      width: VGG16 channel multiplier.
+      settings: pretext optimisation settings.
+      mean, std: per-channel normalisation.
+      progress: `callable(epoch, metrics)` after each epoch.
+
+    Returns:
+      The trained 4-way network.
+    """
+    net = VGG16(
+        4, in_channels=images_NHWC.shape[-1], width=width, rngs=nnx.Rngs(named_key(key, "init"))
+    )
+    train.fit_rotation(
+        named_key(key, "train"),
+        net,
+        images_NHWC,
+        **fit_kwargs(settings, mean, std),
+        progress=progress,
+    )
+    return net
+
+
+def features(
+    net: VGG16,
+    images_NHWC: np.ndarray,
+    *,
+    settings: TrainSettings,
+    mean: Sequence[float],
+    std: Sequence[float],
+) -> np.ndarray:
+    """(N, D) float32 backbone features of the upright images (SPEC Step 2)."""
+    out = train.predict(net, images_NHWC, batch_size=settings.eval_batch_size, mean=mean, std=std)
+    return np.asarray(out.features_ND, np.float32)
+
+
+def save_model(path: str, model: VGG16, *, meta: dict) -> None:
+    """Saves `model` and its `meta` (JSON) to the folder `path`, replacing what is there."""
+    os.makedirs(path, exist_ok=True)
+    meta_path = os.path.join(path, _META)
+    if os.path.exists(meta_path):
+        os.unlink(meta_path)
+    with ocp.StandardCheckpointer() as ckptr:
+        ckptr.save(os.path.join(os.path.abspath(path), "checkpoint"), nnx.state(model), force=True)
+        ckptr.wait_until_finished()
+    tmp = meta_path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(meta, f, indent=2, sort_keys=True)
+    os.replace(tmp, meta_path)
+
+
+def read_meta(path: str) -> dict | None:
+    """The `meta` of a complete saved model, or None if `path` holds none."""
+    meta_path = os.path.join(path, _META)
+    if not os.path.exists(meta_path):
+        return None
+    with open(meta_path) as f:
+        return json.load(f)
+
+
+def load_model(path: str) -> tuple[VGG16, dict]:
+    """Rebuilds a saved model from `meta` (`num_classes`, `channels`, `width`) and restores it.
+
+    Returns:
+      (model, meta).
+    """
+    meta = read_meta(path)
+    if meta is None:
+        raise FileNotFoundError(f"{path} holds no saved model ({_META} is missing)")
+    net = VGG16(
+        meta["num_classes"], in_channels=meta["channels"], width=meta["width"], rngs=nnx.Rngs(0)
+    )
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, nnx.state(net))
+    with ocp.StandardCheckpointer() as ckptr:
+        state = ckptr.restore(os.path.join(os.path.abspath(path), "checkpoint"), abstract)
+    nnx.update(net, state)
+    return net, meta
+
+
+def remove_model(path: str) -> None:
+    """Deletes a saved model folder (ignores a missing one)."""
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def cross_validate(
+    key: jax.Array,
+    images_NHWC: np.ndarray,
+    labels_N: np.ndarray,
+    *,
+    num_classes: int,
+    width: float,
+    folds: int,
+    settings: TrainSettings,
+    mean: Sequence[float],
+    std: Sequence[float],
+) -> dict:
+    """K-fold accuracy of the classifier recipe: a fresh model per fold, tested on the rest.
+
+    Args:
+      key: the project's key; each fold draws `named_key(key, "cv_init<f>")` and
+        `"cv_train<f>"`.
+      images_NHWC, labels_N: the labeled images, N >= 2 * folds.
+      num_classes, width: the classifier's shape.
+      folds: number of folds (a seeded permutation, every f-th image held out).
+      settings: the main task's optimisation settings.
+      mean, std: per-channel normalisation.
+
+    Returns:
+      {'folds', 'accuracies' (per fold), 'mean', 'num_labels'}.
+    """
+    n = labels_N.shape[0]
+    perm = np.asarray(jax.random.permutation(named_key(key, "cv_split"), n))
+    ev = dict(batch_size=settings.eval_batch_size, mean=mean, std=std)
+    accs = []
+    for f in range(folds):
+        held = np.sort(perm[f::folds])
+        fit_on = np.setdiff1d(np.arange(n), held)
+        net = VGG16(
+            num_classes, in_channels=3, width=width, rngs=nnx.Rngs(named_key(key, f"cv_init{f}"))
+        )
+        train.fit(
+            named_key(key, f"cv_train{f}"),
+            net,
+            images_NHWC[fit_on],
+            labels_N[fit_on],
+            **fit_kwargs(settings, mean, std),
+            augment=settings.augment,
+        )
+        accs.append(float(train.evaluate(net, images_NHWC[held], labels_N[held], **ev)))
+    return {"folds": folds, "accuracies": accs, "mean": float(np.mean(accs)), "num_labels": n}
+
+
+def predict_folder(
+    model_dir: str,
+    images: str,
+    *,
+    out: str,
+    batch_size: int = 512,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Labels every image below `images` with a saved classifier; writes path,label,confidence.
+
+    Where an image lies in a top-level folder named after one of the model's classes, that
+    folder is taken as its true label and the accuracy over those images is reported.
+
+    Args:
+      model_dir: a folder written by `save_model` (e.g. by the `export` command).
+      images: folder of images, any depth.
+      out: the CSV to write.
+      batch_size: images per forward pass.
+      log: one line per step.
+
+    Returns:
+      {'num_images', 'unreadable', 'accuracy' (or None), 'num_with_truth', 'out'}.
+    """
+    if read_meta(model_dir) is None:
+        raise LabelingError(f"{model_dir} holds no exported model (no {_META})")
+    if not os.path.isdir(images):
+        raise LabelingError(f"images folder {images} does not exist")
+    ids = list(pool_lib.scan_folder(images))
+    if not ids:
+        raise LabelingError(f"images folder {images} holds no images")
+    net, meta = load_model(model_dir)
+    decoded, errors = decode.decode_images(
+        [os.path.join(images, i) for i in ids], image_size=meta["image_size"], channels=3
+    )
+    bad = [(i, e) for i, e in zip(ids, errors, strict=True) if e is not None]
+    if bad:
+        log(f"skipped {len(bad)} unreadable image(s): " + ", ".join(i for i, _ in bad[:10]))
+    ok = [n for n, e in enumerate(errors) if e is None]
+    ids = [ids[n] for n in ok]
+    logits = train.predict(
+        net,
+        np.stack([decoded[n] for n in ok]),
+        batch_size=batch_size,
+        mean=meta["mean"],
+        std=meta["std"],
+    ).logits_NC
+    probs = np.asarray(jax.nn.softmax(np.asarray(logits, np.float32), axis=-1))
+    classes = meta["classes"]
+    pred = probs.argmax(axis=1)
+    lines = ["path,label,confidence"]
+    lines += [
+        f"{_csv_field(i)},{_csv_field(classes[p])},{c:.4f}"
+        for i, p, c in zip(ids, pred, probs.max(axis=1), strict=True)
+    ]
+    tmp = out + ".tmp"
+    with open(tmp, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    os.replace(tmp, out)
+    truth = [i.split("/", 1)[0] if "/" in i else None for i in ids]
+    has = [n for n, t in enumerate(truth) if t in classes]
+    acc = None
+    if has:
+        acc = float(np.mean([classes[pred[n]] == truth[n] for n in has]))
+    return {
+        "num_images": len(ids),
+        "unreadable": len(bad),
+        "accuracy": acc,
+        "num_with_truth": len(has),
+        "out": out,
+    }
+
+
+def _csv_field(s: str) -> str:
+    return '"' + s.replace('"', '""') + '"' if any(ch in s for ch in ',"\n') else s

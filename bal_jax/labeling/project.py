@@ -1,0 +1,435 @@
+"""`LabelingProject`: BAL on a folder of your own images, one round of labels at a time.
+
+    project = LabelingProject.create("runs/photos", images="/data/photos",
+                                     config=ProjectConfig(classes=("cat", "dog"), per_round=200,
+                                                          rounds=5))
+    rnd = project.next_round()          # writes rounds/00/to_label.csv and tasks.json
+    project.import_labels("rounds/00/to_label_done.csv")
+    rnd = project.next_round()          # trains on the labels so far, picks round 1
+    project.export("model/")            # latest classifier (orbax)
+
+Every method re-reads the project folder, so each can be killed and re-run; see the package
+docstring for the folder's layout. Random draws are derived from the seed exactly as in
+`bal_jax.active_loop.run_cycles` (pretext, K-means, main model, per-cycle keys), so given the
+same pool, seed and labels a project picks the images the runner's BAL cycle picks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+import uuid
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import numpy as np
+from flax import nnx
+
+from bal_jax import train
+from bal_jax.active_loop import named_key
+from bal_jax.data import channel_stats
+from bal_jax.labeling import formats, models
+from bal_jax.labeling import pool as pool_lib
+from bal_jax.labeling.config import (
+    LabelingError,
+    ProjectConfig,
+    bind,
+    choose_beta,
+    folder_classes,
+    listed,
+    round_counts,
+)
+from bal_jax.labeling.store import ProjectStore, log_unreadable, read_json, save_npz, write_json
+from bal_jax.methods import PoolPredictions, SelectionContext, select
+from bal_jax.models import VGG16
+
+__all__ = ["LabelingError", "LabelingProject", "ProjectConfig", "Round"]
+
+
+class Round(NamedTuple):
+    """A picked round: its index, the picks, beta and where it came from, the files written."""
+
+    index: int
+    picks: list[formats.Pick]
+    beta: float
+    beta_source: str
+    csv_path: str
+    tasks_path: str
+
+
+class LabelingProject(ProjectStore):
+    """BAL rounds on a project folder: pick, train, report, export.
+
+    Use `create` (the `init` command) or `open`; every public method first brings the pool in
+    line with the images folder (`sync`).
+    """
+
+    @classmethod
+    def create(
+        cls,
+        workdir: str,
+        *,
+        images: str,
+        config: ProjectConfig,
+        labels: str | None = None,
+        log: Callable[[str], None] = print,
+        progress: Callable | None = None,
+    ) -> LabelingProject:
+        """The `init` command: scans, decodes, trains the pretext network, orders the pool.
+
+        Re-running it on the same folder with the same configuration resumes where a
+        killed run stopped; a different configuration is refused.
+
+        Args:
+          workdir: the project folder (created).
+          images: folder of images, any depth; DIR/<class>/ folders start labeled.
+          config: the project's settings.
+          labels: optional labels file (any `import` format) of images already labeled.
+          log: one line per step.
+          progress: `callable(epoch, metrics)` during pretext training.
+
+        Returns:
+          The opened project.
+        """
+        config.check()
+        images = os.path.abspath(os.path.expanduser(images))
+        if not os.path.isdir(images):
+            raise LabelingError(f"images folder {images} does not exist")
+        workdir = os.path.abspath(workdir)
+        bind(workdir, config.to_json(), images)
+        snapshot = pool_lib.scan_folder(images)
+        if not snapshot:
+            raise LabelingError(
+                f"images folder {images} holds no images ({', '.join(pool_lib.IMAGE_EXTENSIONS)})"
+            )
+        if labels:
+            try:  # a malformed labels file is refused before any image is decoded
+                formats.read_labels(labels)
+            except formats.LabelFileError as e:
+                raise LabelingError(str(e)) from None
+        classes, folder_labels = folder_classes(images, list(snapshot), config.classes, labels)
+        budget = dict(budget=config.budget, per_round=config.per_round, rounds=config.rounds)
+        n = len(snapshot)
+        round_counts(**budget, pool_size=n, unlabeled=n - len(folder_labels))
+        state_path = os.path.join(workdir, "state.json")
+        if not os.path.exists(state_path):
+            pool, change = pool_lib.update_pool(
+                pool_lib.empty_pool(config.image_size),
+                images,
+                snapshot,
+                image_size=config.image_size,
+            )
+            log_unreadable(change.unreadable, log)
+            n = pool.ids_N.shape[0]
+            labeled = len({i for _, (_, i), _ in folder_labels} & set(pool.ids_N.tolist()))
+            counts = round_counts(**budget, pool_size=n, unlabeled=n - labeled)
+            mean, std = channel_stats(pool.images_NHWC)
+            beta, beta_source = choose_beta(
+                config.beta,
+                budget=None if config.per_round else config.budget,
+                counts=counts,
+                pool_size=n,
+            )
+            save_npz(os.path.join(workdir, "pool.npz"), pool.arrays())
+            state = {
+                "project_id": uuid.uuid4().hex[:12],
+                "images": images,
+                "classes": list(classes),
+                "counts": list(counts),
+                "mean": list(mean),
+                "std": list(std),
+                "beta": beta,
+                "beta_source": beta_source,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            }
+            with open(os.path.join(workdir, "label_studio_config.xml"), "w") as f:
+                f.write(formats.label_studio_config(classes))
+            write_json(state_path, state)
+            log(
+                f"{n} images, classes {listed(classes, 20)}, {len(counts)} rounds of "
+                f"{listed(sorted(set(counts)))} images; beta {beta:g} ({beta_source})"
+            )
+        project = cls(workdir, log=log)
+        have = set(project.pool.ids_N.tolist())
+        folder_labels = [r for r in folder_labels if r[1][1] in have]
+        if folder_labels:
+            project._import_rows(folder_labels, source=f"{images}/<class>/", add_classes=False)
+        if labels:
+            project.import_labels(labels)
+        project._ensure_features(progress)
+        return project
+
+    @classmethod
+    def open(cls, workdir: str, *, log: Callable[[str], None] = print) -> LabelingProject:
+        """Opens a project made by `create` and syncs it with its images folder."""
+        project = cls(workdir, log=log)
+        if project._order is None:
+            raise LabelingError(f"{workdir}: init did not finish; run init again to resume it")
+        project.sync()
+        return project
+
+    def rounds(self) -> list[dict]:
+        """The records of the picked rounds (rounds/NN/round.json), in order."""
+        out = []
+        while os.path.exists(path := self._path("rounds", f"{len(out):02d}", "round.json")):
+            out.append(read_json(path))
+        return out
+
+    def _cycle_key(self, cycle: int) -> jax.Array:
+        # The runner's per-cycle key of method "bal" (bal_jax.active_loop.run_cycles).
+        return jax.random.fold_in(named_key(self.key, "bal"), cycle)
+
+    def classifier(self, upto: int) -> VGG16:
+        """The main model that picks round `upto`, trained on every label of the pool so far.
+
+        It is trained as the runner trains it in cycle `upto - 1`: warm-started from the
+        model of round `upto - 1` (fresh for round 1, or when classes were added), fresh
+        optimizer and schedule, that cycle's key. Saved under models/round_NN and reused
+        while the labels do not change.
+        """
+        idx, y = self._labeled_pool()
+        if idx.size == 0:
+            raise LabelingError("no image of the pool is labeled yet; import labels first")
+        c, classes = self.config, self.classes
+        digest = hashlib.sha256(
+            json.dumps([self.pool.ids_N[idx].tolist(), y.tolist(), classes]).encode()
+        ).hexdigest()[:16]
+        path = self._path("models", f"round_{upto:02d}")
+        meta = models.read_meta(path)
+        if meta is not None and meta.get("labels_digest") == digest:
+            return models.load_model(path)[0]
+        prev_path = self._path("models", f"round_{upto - 1:02d}")
+        prev = models.read_meta(prev_path) if upto > 1 else None
+        if prev is not None and prev["num_classes"] == len(classes):
+            net, how = models.load_model(prev_path)[0], f"warm start from round {upto - 1}'s model"
+        else:
+            net, how = self._fresh_classifier(named_key(self.key, "main_init")), "fresh"
+        self.log(f"training the classifier on {idx.size} labels ({how})")
+        t0 = time.perf_counter()
+        train.fit(
+            named_key(self._cycle_key(upto - 1), "train"),
+            net,
+            self.pool.images_NHWC[idx],
+            y,
+            **models.fit_kwargs(c.main, self.mean, self.std),
+            augment=c.main.augment,
+        )
+        self.log(f"trained in {time.perf_counter() - t0:.1f}s")
+        models.save_model(
+            path,
+            net,
+            meta={
+                "num_classes": len(classes),
+                "channels": 3,
+                "width": c.width,
+                "classes": classes,
+                "image_size": c.image_size,
+                "mean": list(self.mean),
+                "std": list(self.std),
+                "labels_digest": digest,
+                "num_labels": int(idx.size),
+                "round": upto,
+                "project_id": self.state["project_id"],
+            },
+        )
+        return net
+
+    def _fresh_classifier(self, key: jax.Array) -> VGG16:
+        return VGG16(len(self.classes), in_channels=3, width=self.config.width, rngs=nnx.Rngs(key))
+
+    def next_round(self, *, k: int | None = None, force: bool = False) -> Round:
+        """The `next` command: picks the next round with BAL and writes its files.
+
+        Round 0 takes the first k images of the first sub-pool in CDD order (no model yet);
+        later rounds train the classifier on all labels so far and take the least confident
+        images of the round's sub-pool (paper Eq. 6-8), as the runner's BAL cycle does.
+
+        Args:
+          k: images to pick (default: the budget's count for this round).
+          force: pick even though the previous round is not fully labeled (its pending
+            images stay out of the pool).
+
+        Returns:
+          The round; rounds/NN/to_label.csv and rounds/NN/tasks.json (Label Studio) hold it.
+        """
+        self.sync()
+        done, counts = self.rounds(), self.counts
+        r = len(done)
+        if r >= len(counts):
+            raise LabelingError(
+                f"all {len(counts)} rounds of the budget are picked; export the model, or "
+                "start a project with more --rounds"
+            )
+        labels = self.labels()
+        in_pool = set(self.pool.ids_N.tolist())
+        if done and not force:
+            pending = [i for i in done[-1]["ids"] if i not in labels and i in in_pool]
+            if pending:
+                raise LabelingError(
+                    f"round {r - 1} still has {len(pending)} image(s) without a label (listed "
+                    f"in {self._path('rounds', f'{r - 1:02d}', 'to_label.csv')}); import their "
+                    "labels first, or pass --force"
+                )
+        k = counts[r] if k is None else int(k)
+        if k < 1:
+            raise LabelingError(f"--k must be at least 1, got {k}")
+        picked_before = {i for d in done for i in d["ids"]}
+        mask = np.asarray([i in labels or i in picked_before for i in self.pool.ids_N.tolist()])
+        if int((~mask).sum()) < k:
+            left = int((~mask).sum())
+            raise LabelingError(f"only {left} images are left to pick, fewer than {k}")
+        preds, classes = PoolPredictions(), self.classes
+        if r > 0:
+            net = self.classifier(r)
+            out = train.predict(
+                net,
+                self.pool.images_NHWC,
+                batch_size=self.config.main.eval_batch_size,
+                mean=self.mean,
+                std=self.std,
+            )
+            logits = np.asarray(out.logits_NC, np.float32)
+            probs = np.asarray(jax.nn.softmax(logits, axis=-1))
+            preds = PoolPredictions(probs_NC=probs, logits_NC=logits)
+        picked = np.asarray(
+            select(
+                "bal",
+                named_key(self._cycle_key(r), "select"),
+                cycle=r,
+                num_cycles=len(counts),
+                k=k,
+                labeled_mask=mask,
+                context=SelectionContext(bal_order=self._order, beta=self.state["beta"]),
+                preds=preds,
+            ),
+            np.int64,
+        )
+        if picked.shape != (k,) or np.unique(picked).size != k or mask[picked].any():
+            raise RuntimeError(f"BAL returned an invalid selection for round {r}")
+        root = self.state["images"]
+        picks = []
+        for n in picked.tolist():
+            image = str(self.pool.ids_N[n])
+            suggested = conf = None
+            if preds.probs_NC is not None:
+                suggested = classes[int(np.argmax(preds.probs_NC[n]))]
+                conf = float(np.max(preds.probs_NC[n]))
+            picks.append(formats.Pick(image, os.path.join(root, image), suggested, conf))
+        folder = self._path("rounds", f"{r:02d}")
+        os.makedirs(folder, exist_ok=True)
+        csv_path = os.path.join(folder, "to_label.csv")
+        tasks_path = os.path.join(folder, "tasks.json")
+        formats.write_to_label_csv(csv_path, picks)
+        formats.write_label_studio_tasks(
+            tasks_path, picks, project_id=self.state["project_id"], round_index=r
+        )
+        record = {
+            "round": r,
+            "k": k,
+            "ids": [p.id for p in picks],
+            "beta": self.state["beta"],
+            "model": None if r == 0 else f"models/round_{r:02d}",
+            "forced": bool(force and done),
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
+        write_json(os.path.join(folder, "round.json"), record)  # written last: commits the round
+        how = "first k of the CDD order's first sub-pool" if r == 0 else "least confident"
+        self.log(
+            f"round {r}: picked {k} images ({how}; beta {self.state['beta']:g}, "
+            f"{self.state['beta_source']}) -> {csv_path}, Label Studio tasks {tasks_path}"
+        )
+        return Round(r, picks, self.state["beta"], self.state["beta_source"], csv_path, tasks_path)
+
+    def status(self, *, cv: bool = True) -> dict:
+        """The `status` command's numbers: labels per class and round, pending, CV accuracy.
+
+        Args:
+          cv: compute (or read the cached) cross-validated accuracy of the classifier recipe
+            on the labels so far, from round 1 on.
+
+        Returns:
+          A JSON-able dict; `format_status` renders it.
+        """
+        self.sync()
+        labels, classes, done = self.labels(), self.classes, self.rounds()
+        ids = self.pool.ids_N.tolist()
+        in_pool = set(ids)
+        picked = {i for d in done for i in d["ids"]}
+        labeled = [i for i in ids if i in labels]
+        out = {
+            "project_id": self.state["project_id"],
+            "images": self.state["images"],
+            "pool": len(ids),
+            "unreadable": int(self.pool.skipped.shape[0]),
+            "labeled": len(labeled),
+            "per_class": {c: sum(labels[i] == c for i in labeled) for c in classes},
+            "rounds": [
+                {
+                    "round": d["round"],
+                    "picked": len(d["ids"]),
+                    "labeled": sum(i in labels for i in d["ids"]),
+                    "pending": sum(i not in labels and i in in_pool for i in d["ids"]),
+                }
+                for d in done
+            ],
+            "labeled_outside_rounds": sum(i not in picked for i in labeled),
+            "labels_of_removed_images": sum(i not in in_pool for i in labels),
+            "budget": self.counts,
+            "beta": self.state["beta"],
+            "beta_source": self.state["beta_source"],
+            "cv": None,
+        }
+        if cv and done and labeled:
+            out["cv"] = self.cross_validate()
+        return out
+
+    def cross_validate(self) -> dict | None:
+        """K-fold accuracy of the classifier recipe on the labels so far (cached per labels).
+
+        Returns:
+          {'folds', 'accuracies', 'mean', 'num_labels'}, or None with fewer than 2 labels
+          per fold.
+        """
+        idx, y = self._labeled_pool()
+        folds = self.config.cv_folds
+        if idx.size < 2 * folds:
+            return None
+        path = self._path("cv.json")
+        digest = hashlib.sha256(
+            json.dumps([self.pool.ids_N[idx].tolist(), y.tolist(), self.classes]).encode()
+        ).hexdigest()[:16]
+        if os.path.exists(path) and (cached := read_json(path)).get("digest") == digest:
+            return cached
+        result = models.cross_validate(
+            self.key,
+            self.pool.images_NHWC[idx],
+            y,
+            num_classes=len(self.classes),
+            width=self.config.width,
+            folds=folds,
+            settings=self.config.main,
+            mean=self.mean,
+            std=self.std,
+        )
+        result["digest"] = digest
+        write_json(path, result)
+        return result
+
+    def export(self, out: str) -> dict:
+        """The `export` command: the classifier trained on every label so far, to `out`.
+
+        Returns:
+          The saved model's meta (classes, image size, normalisation, labels it saw).
+        """
+        self.sync()
+        upto = max(len(self.rounds()), 1)
+        net = self.classifier(upto)
+        meta = dict(models.read_meta(self._path("models", f"round_{upto:02d}")))
+        meta["exported_from"] = self.workdir
+        models.save_model(out, net, meta=meta)
+        write_json(self._path("exports.json"), {"latest": os.path.abspath(out)})
+        self.log(f"exported the classifier ({meta['num_labels']} labels) to {out}")
+        return meta

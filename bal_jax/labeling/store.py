@@ -1,0 +1,329 @@
+"""The stored state of a labeling project: pool, features and CDD order, label journal.
+
+    store = ProjectStore("runs/photos")    # a folder made by LabelingProject.create
+    store.sync()                           # images added / removed / changed since last time
+    store.import_labels("labels.csv")      # validated, then one atomic journal entry
+    store.labels()                         # {image id: class}
+
+`LabelingProject` (project.py) adds the active-learning rounds on top of this class.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+
+import jax
+import numpy as np
+
+from bal_jax.active_loop import named_key
+from bal_jax.labeling import formats, models
+from bal_jax.labeling import pool as pool_lib
+from bal_jax.labeling.config import LabelingError, ProjectConfig, listed, unreadable_message
+from bal_jax.labeling.journal import Journal
+from bal_jax.methods import bal_order
+from bal_jax.models import VGG16
+
+__all__ = ["ProjectStore", "read_json", "save_npz", "write_json"]
+
+
+def write_json(path: str, obj) -> None:
+    """Writes `obj` as JSON via a temporary file and a rename."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=True)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def save_npz(path: str, arrays: dict) -> None:
+    """Writes arrays to `path` via a temporary file and a rename; errors are raised."""
+    tmp = f"{path}.tmp.npz"
+    with open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_json(path: str):
+    with open(path) as f:
+        return json.load(f)
+
+
+def log_unreadable(unreadable, log) -> None:
+    """Logs the one-line list of unreadable images, if any."""
+    message = unreadable_message(unreadable)
+    if message:
+        log(message)
+
+
+class ProjectStore:
+    """A project folder's pool, features, order and journal (see the package docstring).
+
+    Args:
+      workdir: a folder made by `LabelingProject.create`.
+      log: one line per step.
+    """
+
+    def __init__(self, workdir: str, *, log: Callable[[str], None] = print):
+        self.workdir = os.path.abspath(workdir)
+        self.log = log
+        path = os.path.join(self.workdir, "state.json")
+        if not os.path.exists(path):
+            raise LabelingError(f"{workdir} is not a labeling project (run init first)")
+        self.config = ProjectConfig.from_json(read_json(os.path.join(self.workdir, "config.json")))
+        self.state = read_json(path)
+        self.journal = Journal(os.path.join(self.workdir, "journal.jsonl"))
+        self.key = jax.random.key(self.config.seed)
+        self._load_arrays()
+
+    def _path(self, *parts: str) -> str:
+        return os.path.join(self.workdir, *parts)
+
+    def _load_arrays(self) -> None:
+        # Pool, features and order live in one file, written atomically: never out of step.
+        arrays = np.load(self._path("pool.npz"), allow_pickle=False)
+        self.pool = pool_lib.Pool.from_arrays(arrays)
+        self._features = arrays["features"] if "features" in arrays else None
+        self._order = arrays["order"] if "order" in arrays else None
+
+    def _save(self, pool: pool_lib.Pool, feats=None, order=None) -> None:
+        arrays = pool.arrays()
+        if feats is not None:
+            arrays.update(features=feats, order=order)
+        save_npz(self._path("pool.npz"), arrays)
+        self.pool, self._features, self._order = pool, feats, order
+
+    @property
+    def classes(self) -> list[str]:
+        """The initial classes plus those added by imports (`add_classes`)."""
+        out = list(self.state["classes"])
+        for entry in self.journal.entries():
+            out += [c for c in entry.get("new_classes", []) if c not in out]
+        return out
+
+    @property
+    def counts(self) -> list[int]:
+        return list(self.state["counts"])
+
+    @property
+    def mean(self) -> tuple[float, ...]:
+        return tuple(self.state["mean"])
+
+    @property
+    def std(self) -> tuple[float, ...]:
+        return tuple(self.state["std"])
+
+    def _pretext_net(self) -> VGG16:
+        return models.load_model(self._path("pretext"))[0]
+
+    def _ensure_features(self, progress) -> None:
+        if self._order is not None:
+            self.sync()
+            return
+        c = self.config
+        if models.read_meta(self._path("pretext")) is None:
+            self.log(f"pretext: rotation network on {self.pool.ids_N.shape[0]} images")
+            t0 = time.perf_counter()
+            net = models.train_pretext(
+                named_key(self.key, "pretext"),
+                self.pool.images_NHWC,
+                width=c.width,
+                settings=c.pretext,
+                mean=self.mean,
+                std=self.std,
+                progress=progress,
+            )
+            meta = {"num_classes": 4, "channels": 3, "width": c.width}
+            models.save_model(self._path("pretext"), net, meta=meta)
+            self.log(f"pretext training {time.perf_counter() - t0:.1f}s")
+        else:
+            net = self._pretext_net()
+        feats = models.features(
+            net, self.pool.images_NHWC, settings=c.pretext, mean=self.mean, std=self.std
+        )
+        self._save(self.pool, feats, self._cdd_order(feats))
+
+    def _cdd_order(self, feats: np.ndarray) -> np.ndarray:
+        t0 = time.perf_counter()
+        order = bal_order(
+            named_key(self.key, "kmeans"),
+            feats,
+            num_clusters=self.config.num_clusters or len(self.state["classes"]),
+        )
+        self.log(
+            f"K-means + CDD order of {feats.shape[0]} images ({time.perf_counter() - t0:.1f}s)"
+        )
+        return order
+
+    def sync(self) -> pool_lib.PoolChange:
+        """Brings the pool in line with the images folder (added, removed, changed files).
+
+        New and changed images get features from the stored pretext network and the CDD
+        order is recomputed; removed images leave the pool, their labels stay in the journal.
+        """
+        images = self.state["images"]
+        if not os.path.isdir(images):
+            raise LabelingError(f"the project's images folder {images} is gone")
+        pool, change = pool_lib.update_pool(
+            self.pool, images, pool_lib.scan_folder(images), image_size=self.config.image_size
+        )
+        log_unreadable(change.unreadable, self.log)
+        if not change.any:
+            return change
+        if pool.ids_N.shape[0] == 0:
+            raise LabelingError(f"images folder {images} holds no readable images any more")
+        if change.removed:
+            self.log(
+                f"{len(change.removed)} image(s) left {images} and the pool: "
+                f"{listed(change.removed)} (their labels stay in the journal)"
+            )
+        if change.added:
+            self.log(f"{len(change.added)} new image(s) joined the pool: {listed(change.added)}")
+        if change.changed:
+            self.log(f"{len(change.changed)} image(s) changed content: {listed(change.changed)}")
+        if self._features is None:  # init has not computed features yet
+            self._save(pool)
+            return change
+        fresh = np.isin(pool.ids_N, [*change.added, *change.changed])
+        old = {str(i): n for n, i in enumerate(self.pool.ids_N)}
+        feats = np.zeros((pool.ids_N.shape[0], self._features.shape[1]), np.float32)
+        feats[~fresh] = self._features[[old[i] for i in pool.ids_N[~fresh].tolist()]]
+        if fresh.any():
+            self.log(
+                f"features of {int(fresh.sum())} image(s) from the stored pretext network; "
+                "CDD order recomputed"
+            )
+            feats[fresh] = models.features(
+                self._pretext_net(),
+                pool.images_NHWC[fresh],
+                settings=self.config.pretext,
+                mean=self.mean,
+                std=self.std,
+            )
+            order = self._cdd_order(feats)
+        else:
+            # Removal only: the remaining images keep their relative order.
+            where = {i: n for n, i in enumerate(pool.ids_N.tolist())}
+            old_ids = self.pool.ids_N[self._order].tolist()
+            order = np.asarray([where[i] for i in old_ids if i in where], np.int64)
+        self._save(pool, feats, order)
+        return change
+
+    def labels(self) -> dict[str, str]:
+        """{id: class} of every labeled image (removed ones included)."""
+        return self.journal.labels()
+
+    def _labeled_pool(self) -> tuple[np.ndarray, np.ndarray]:
+        """(pool indices ascending, class indices) of the labeled images in the pool."""
+        labels, classes = self.labels(), self.classes
+        idx = [n for n, i in enumerate(self.pool.ids_N) if str(i) in labels]
+        y = [classes.index(labels[str(self.pool.ids_N[n])]) for n in idx]
+        return np.asarray(idx, np.int64), np.asarray(y, np.int32)
+
+    def import_labels(self, path: str, *, add_classes: bool = False) -> dict | None:
+        """The `import` command: validates every row, then appends them to the journal.
+
+        Args:
+          path: a CSV (id,label or path,label), a Label Studio JSON / JSON_MIN export, or a
+            DIR/<class>/<image> folder.
+          add_classes: accept labels that are not classes yet (they become classes).
+
+        Returns:
+          The journal entry written, or None if every label was already imported.
+        """
+        self.sync()
+        try:
+            parsed = formats.read_labels(path)
+        except formats.LabelFileError as e:
+            raise LabelingError(str(e)) from None
+        pid = self.state["project_id"]
+        if parsed.projects and pid not in parsed.projects:
+            raise LabelingError(
+                f"{path} was written for project {listed(sorted(parsed.projects))}, not for "
+                f"this one ({pid}); nothing imported"
+            )
+        if parsed.unannotated:
+            self.log(f"{path}: {parsed.unannotated} task(s) without an annotation were skipped")
+        return self._import_rows(parsed.rows, source=os.path.abspath(path), add_classes=add_classes)
+
+    def _resolver(self) -> Callable[[tuple[str, str]], str | None]:
+        ids = {str(i) for i in self.pool.ids_N}
+        root = self.state["images"]
+        by_hash = {str(h): str(i) for h, i in zip(self.pool.hashes_N, self.pool.ids_N, strict=True)}
+        by_name: dict[str, list[str]] = {}
+        for i in ids:
+            by_name.setdefault(i.rsplit("/", 1)[-1], []).append(i)
+
+        def resolve(ref: tuple[str, str]) -> str | None:
+            kind, value = ref
+            if kind == "file":
+                found = by_hash.get(pool_lib.file_hash(value))
+                names = by_name.get(os.path.basename(value), [])
+                return found or (names[0] if len(names) == 1 else None)
+            value = value.replace(os.sep, "/")
+            if kind == "path" and os.path.isabs(value):
+                value = os.path.relpath(value, root).replace(os.sep, "/")
+            return value if value in ids else None
+
+        return resolve
+
+    def _import_rows(self, rows, *, source: str, add_classes: bool) -> dict | None:
+        resolve, classes = self._resolver(), self.classes
+        if not rows:
+            raise LabelingError(f"{source} holds no labels")
+        found: dict[str, tuple[str, str]] = {}
+        unknown, empty, new_classes, conflicts = [], [], [], []
+        for where, ref, label in rows:
+            image = resolve(ref)
+            if image is None:
+                unknown.append(f"{where} ({ref[1]})")
+                continue
+            if not label:
+                empty.append(f"{where} ({image})")
+                continue
+            if label not in classes and label not in new_classes:
+                new_classes.append(label)
+            if image in found and found[image][1] != label:
+                first, other = found[image]
+                conflicts.append(f"{image} ({first}: {other}, {where}: {label})")
+            found.setdefault(image, (where, label))
+        if unknown and len(unknown) == len(rows):
+            raise LabelingError(
+                f"none of the {len(rows)} rows of {source} names an image of this project "
+                f"(e.g. {unknown[0]}); is it another project's file? Nothing imported"
+            )
+        problems = []
+        if unknown:
+            problems.append(f"{len(unknown)} unknown image(s): {listed(unknown)}")
+        if empty:
+            problems.append(f"{len(empty)} empty label(s): {listed(empty)}")
+        if conflicts:
+            problems.append(
+                f"{len(conflicts)} image(s) with conflicting labels: {listed(conflicts)}"
+            )
+        if new_classes and not add_classes:
+            problems.append(
+                f"unknown class(es) {listed(new_classes)} (classes: {listed(classes, 20)}; "
+                "pass --add_classes to add them)"
+            )
+        if problems:
+            raise LabelingError(f"{source}: " + "; ".join(problems) + "; nothing imported")
+        labels = {i: lab for i, (_, lab) in found.items()}
+        hashes = {str(i): str(h) for i, h in zip(self.pool.ids_N, self.pool.hashes_N, strict=True)}
+        entry = self.journal.append(
+            labels, source=source, hashes=hashes, extra={"new_classes": new_classes}
+        )
+        if entry is None:
+            self.log(f"all {len(labels)} labels of {source} were already imported; nothing changed")
+        else:
+            changed = len(entry["relabeled"])
+            self.log(
+                f"imported {len(entry['labels'])} label(s) from {source}"
+                + (f" ({changed} changed an earlier label)" if changed else "")
+                + (f"; new classes: {', '.join(new_classes)}" if new_classes else "")
+            )
+        return entry

@@ -1,0 +1,224 @@
+r"""Label your own images with BAL, one round at a time (a thin CLI over `LabelingProject`).
+
+    python -m experiments.label init --images=photos/ --workdir=runs/photos \
+        --classes=cat,dog,bird --per_round=200 --rounds=5
+    python -m experiments.label next --workdir=runs/photos        # rounds/00/to_label.csv
+    python -m experiments.label import --workdir=runs/photos --labels=round0_labeled.csv
+    python -m experiments.label next --workdir=runs/photos        # trains, picks round 1
+    python -m experiments.label status --workdir=runs/photos
+    python -m experiments.label export --workdir=runs/photos --out=runs/photos_model
+    python -m experiments.label predict --model=runs/photos_model --images=new/ --out=preds.csv
+
+Every command can be interrupted and re-run. Settings flags belong to `init`; given to a later
+command they must match the project's (a different configuration is refused).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging as std_logging
+import os
+import sys
+import time
+
+import numpy as np
+from absl import app, flags, logging
+
+from bal_jax.active_loop import TrainSettings
+from bal_jax.labeling import LabelingError, LabelingProject, ProjectConfig, predict_folder
+from bal_jax.labeling.config import replace_settings
+
+COMMANDS = ("init", "next", "import", "status", "export", "predict")
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "The project folder.")
+_IMAGES = flags.DEFINE_string("images", None, "init: folder of images; predict: images to label.")
+_LABELS = flags.DEFINE_string(
+    "labels", None, "init/import: CSV (id,label or path,label), Label Studio JSON, or DIR/<class>."
+)
+_K = flags.DEFINE_integer("k", None, "next: images to pick (default: the round's budget).")
+_FORCE = flags.DEFINE_bool("force", False, "next: go on though the last round is not labeled.")
+_ADD_CLASSES = flags.DEFINE_bool("add_classes", False, "import: unknown labels become classes.")
+_CV = flags.DEFINE_bool("cv", True, "status: cross-validated accuracy on the labels so far.")
+_OUT = flags.DEFINE_string("out", None, "export: model folder; predict: CSV to write.")
+_MODEL = flags.DEFINE_string("model", None, "predict: an exported model (default: --workdir's).")
+
+# Settings of `init` (ProjectConfig); flag name -> (field, parser).
+flags.DEFINE_list("classes", None, "Class names (default: DIR/<class>/ folders or --labels).")
+flags.DEFINE_integer("image_size", None, "Side images are resized to (32, 64, ...).")
+flags.DEFINE_enum("budget", None, ["small", "medium", "large"], "The paper's budget schedule.")
+flags.DEFINE_integer("per_round", None, "Custom budget: images per round (with --rounds).")
+flags.DEFINE_integer("rounds", None, "Custom budget: number of rounds (with --per_round).")
+flags.DEFINE_float("width", None, "VGG16 channel multiplier.")
+flags.DEFINE_integer("seed", None, "Seed of every random draw.")
+flags.DEFINE_float("beta", None, "Balancing factor (default: the released code's per budget).")
+flags.DEFINE_integer("num_clusters", None, "K-means K (default: the number of classes).")
+flags.DEFINE_integer("cv_folds", None, "Folds of status's cross-validated accuracy.")
+_SETTINGS = {
+    "pretext": ("pretext_epochs", "pretext_batch_size", "pretext_lr", "pretext_milestones"),
+    "main": ("epochs", "batch_size", "lr", "milestones"),
+}
+for _stage in ("pretext_", ""):
+    flags.DEFINE_integer(f"{_stage}epochs", None, f"{_stage or 'main '}epochs.")
+    flags.DEFINE_integer(f"{_stage}batch_size", None, f"{_stage or 'main '}batch size.")
+    flags.DEFINE_float(f"{_stage}lr", None, f"{_stage or 'main '}learning rate.")
+    flags.DEFINE_list(f"{_stage}milestones", None, f"{_stage or 'main '}epochs where lr drops 10x.")
+flags.DEFINE_integer("eval_batch_size", None, "Inference batch size.")
+
+_FIELDS = {
+    "classes": lambda v: tuple(x.strip() for x in v),
+    "image_size": int,
+    "budget": str,
+    "per_round": int,
+    "rounds": int,
+    "width": float,
+    "seed": int,
+    "beta": float,
+    "num_clusters": int,
+    "cv_folds": int,
+}
+_TRAIN_FIELDS = {"epochs": "epochs", "batch_size": "batch_size", "lr": "learning_rate"}
+
+
+def build_config(flag_values, base: ProjectConfig) -> ProjectConfig:
+    """`base` with the settings flags given on the command line applied."""
+    changes = {f: parse(flag_values[f].value) for f, parse in _FIELDS.items() if _given(f)}
+    for stage, (epochs, batch, lr, milestones) in _SETTINGS.items():
+        settings: TrainSettings = getattr(base, stage)
+        upd = {
+            _TRAIN_FIELDS[name.removeprefix("pretext_")]: flag_values[name].value
+            for name in (epochs, batch, lr)
+            if _given(name)
+        }
+        if _given(milestones):
+            upd["milestones"] = tuple(int(m) for m in flag_values[milestones].value)
+        if _given("eval_batch_size"):
+            upd["eval_batch_size"] = flag_values["eval_batch_size"].value
+        if upd:
+            changes[stage] = replace_settings(settings, **upd)
+    return dataclasses.replace(base, **changes)
+
+
+def _given(name: str) -> bool:
+    return flags.FLAGS[name].value is not None
+
+
+def _log(line: str) -> None:
+    print(f"{time.strftime('%H:%M:%S')} {line}", flush=True)
+
+
+def _progress(total: int):
+    def show(epoch, metrics=None):
+        done = min(int(epoch) + 1, total)
+        bar = "#" * (20 * done // total) + "." * (20 - 20 * done // total)
+        loss = ""
+        if isinstance(metrics, dict) and metrics.get("loss") is not None:
+            loss = f" loss {float(np.asarray(metrics['loss']).reshape(-1)[-1]):.4f}"
+        _log(f"pretext [{bar}] epoch {done}/{total}{loss}")
+
+    return show
+
+
+def format_status(s: dict) -> str:
+    """The `status` printout of `LabelingProject.status()`."""
+    lines = [
+        f"project {s['project_id']}: {s['pool']} images in {s['images']}"
+        + (f" ({s['unreadable']} unreadable, skipped)" if s["unreadable"] else ""),
+        f"labeled {s['labeled']} ({100 * s['labeled'] / max(s['pool'], 1):.1f}%); budget "
+        f"{len(s['budget'])} rounds, {sum(s['budget'])} images; beta {s['beta']:g} "
+        f"({s['beta_source']})",
+        "per class: " + ", ".join(f"{c} {n}" for c, n in s["per_class"].items()),
+    ]
+    lines += [
+        f"round {r['round']}: {r['picked']} picked, {r['labeled']} labeled, {r['pending']} pending"
+        for r in s["rounds"]
+    ] or ["no round picked yet (run next)"]
+    lines.append(f"labeled outside the rounds (initial labels): {s['labeled_outside_rounds']}")
+    if s["labels_of_removed_images"]:
+        lines.append(f"labels of images no longer in the folder: {s['labels_of_removed_images']}")
+    if s["cv"]:
+        accs = ", ".join(f"{100 * a:.1f}" for a in s["cv"]["accuracies"])
+        lines.append(
+            f"{s['cv']['folds']}-fold cross-validated accuracy on the {s['cv']['num_labels']} "
+            f"labels: {100 * s['cv']['mean']:.1f}% (folds {accs})"
+        )
+    return "\n".join(lines)
+
+
+def _need(flag, command: str):
+    if flag.value is None:
+        raise LabelingError(f"{command} needs --{flag.name}")
+    return flag.value
+
+
+def _open(command: str) -> LabelingProject:
+    project = LabelingProject.open(_need(_WORKDIR, command), log=_log)
+    wanted = build_config(flags.FLAGS, project.config)
+    if wanted != project.config:
+        diff = [f for f, v in project.config.to_json().items() if wanted.to_json()[f] != v]
+        raise LabelingError(
+            f"project {project.workdir} was made by a different configuration (differs in: "
+            f"{', '.join(diff)}); drop those flags or use another --workdir"
+        )
+    return project
+
+
+def run(command: str) -> None:
+    """Runs one command; raises LabelingError on bad input."""
+    if command == "init":
+        config = build_config(flags.FLAGS, ProjectConfig())
+        LabelingProject.create(
+            _need(_WORKDIR, command),
+            images=_need(_IMAGES, command),
+            config=config,
+            labels=_LABELS.value,
+            log=_log,
+            progress=_progress(config.pretext.epochs),
+        )
+    elif command == "next":
+        rnd = _open(command).next_round(k=_K.value, force=_FORCE.value)
+        print(f"label the {len(rnd.picks)} images listed in {rnd.csv_path}")
+    elif command == "import":
+        _open(command).import_labels(_need(_LABELS, command), add_classes=_ADD_CLASSES.value)
+    elif command == "status":
+        print(format_status(_open(command).status(cv=_CV.value)))
+    elif command == "export":
+        _open(command).export(_need(_OUT, command))
+    elif command == "predict":
+        model = _MODEL.value or _latest_export()
+        result = predict_folder(model, _need(_IMAGES, command), out=_need(_OUT, command), log=_log)
+        line = f"labeled {result['num_images']} images -> {result['out']}"
+        if result["accuracy"] is not None:
+            line += (
+                f"; accuracy {100 * result['accuracy']:.2f}% on the {result['num_with_truth']} "
+                "images under <class>/ folders"
+            )
+        _log(line)
+
+
+def _latest_export() -> str:
+    if _WORKDIR.value is None:
+        raise LabelingError("predict needs --model (an exported model) or --workdir")
+    path = os.path.join(_WORKDIR.value, "exports.json")
+    if not os.path.exists(path):
+        raise LabelingError(f"project {_WORKDIR.value} has no export yet; run export first")
+    with open(path) as f:
+        return json.load(f)["latest"]
+
+
+def main(argv):
+    if len(argv) != 2 or argv[1] not in COMMANDS:
+        raise app.UsageError(f"give one command of {', '.join(COMMANDS)}; got {argv[1:]}")
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)
+    std_logging.getLogger("absl").setLevel(std_logging.WARNING)
+    t0 = time.perf_counter()
+    try:
+        run(argv[1])
+    except (LabelingError, FileNotFoundError) as e:
+        sys.exit(f"error: {e}")
+    _log(f"{argv[1]} done in {time.perf_counter() - t0:.1f}s")
+
+
+if __name__ == "__main__":
+    app.run(main)
