@@ -94,7 +94,15 @@ def collapse_share(logits_NC: np.ndarray) -> float:
     return float(np.bincount(pred).max() / max(pred.size, 1))
 
 
-def _fit_kwargs(settings: TrainSettings, mean, std, mesh) -> dict[str, Any]:
+def main_train_key(key: jax.Array, cycle: int) -> jax.Array:
+    """The main model's training key in cycle `cycle`: a function of the seed's key and the
+    cycle only, so every method (and the labeling tool) trains identical models on identical
+    labeled sets."""
+    return jax.random.fold_in(named_key(key, "main_train"), cycle)
+
+
+def fit_kwargs(settings: TrainSettings, mean, std, mesh) -> dict[str, Any]:
+    """`train.fit` / `train.fit_rotation` keyword arguments of one training stage."""
     return dict(
         epochs=settings.epochs,
         batch_size=settings.batch_size,
@@ -133,7 +141,7 @@ def pretext_outputs(
         named_key(key, "train"),
         net,
         images,
-        **_fit_kwargs(settings, mean, std, mesh),
+        **fit_kwargs(settings, mean, std, mesh),
         progress=progress,
     )
     t1 = time.perf_counter()
@@ -243,11 +251,10 @@ def run_cycles(
             raise ValueError(f"beta={context.beta} is below its minimum {lowest:.4g} (k*C/N)")
     spec_dropout = DBAL_DROPOUT if method in NEEDS_MC_DROPOUT else 0.0
     init_key = named_key(key, "main_init")
-    train_key = named_key(key, "main_train")
     root_digest = _digest(
         "init",
         jax.random.key_data(init_key),
-        repr((tuple(model), spec_dropout, tuple(settings), tuple(mean), tuple(std))),
+        repr((tuple(model), spec_dropout, warm_start, tuple(settings), tuple(mean), tuple(std))),
     )
 
     def fresh_model(cycle: int) -> VGG16:
@@ -327,11 +334,11 @@ def run_cycles(
             train_loss = stored[1].get("train_loss")
         else:
             history = train.fit(
-                jax.random.fold_in(train_key, cycle),
+                main_train_key(key, cycle),
                 net,
                 pool.images[labeled],
                 pool.labels[labeled],
-                **_fit_kwargs(settings, mean, std, mesh),
+                **fit_kwargs(settings, mean, std, mesh),
                 augment=settings.augment,
                 recipe=settings.recipe,
             )
@@ -505,6 +512,8 @@ __all__ = [
     "PretextOutputs",
     "Split",
     "TrainSettings",
+    "fit_kwargs",
+    "main_train_key",
     "named_key",
     "pretext_outputs",
     "run_cycles",

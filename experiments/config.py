@@ -40,6 +40,10 @@ class Config:
     pretext_batch_size: int = 64
     pretext_lr: float = 0.1
     pretext_milestones: tuple[int, ...] = (10,)
+    # None: every seed trains its own pretext network (the paper's protocol). An integer: all
+    # seeds share the network trained with that seed (its features are computed once), which
+    # saves one pretext training per extra seed; K-means, beta and the AL runs stay per seed.
+    pretext_seed: int | None = None
     # Enough steps on the smallest labeled sets (25 images) for BatchNorm's running
     # statistics to settle: eval-mode accuracy lags train-mode badly with fewer.
     epochs: int = 50

@@ -43,6 +43,7 @@ _PRETEXT_DIR = flags.DEFINE_string(
 flags.DEFINE_float("width", None, "VGG16 channel multiplier (1.0 = the paper's network).")
 flags.DEFINE_integer("epochs", None, "Main-task epochs per cycle.")
 flags.DEFINE_integer("pretext_epochs", None, "Rotation pretext epochs.")
+flags.DEFINE_integer("pretext_seed", None, "Share one pretext network (this seed's) by all seeds.")
 flags.DEFINE_integer("batch_size", None, "Main-task batch size.")
 flags.DEFINE_integer("pretext_batch_size", None, "Pretext batch size (images; 4 views each).")
 flags.DEFINE_integer("eval_batch_size", None, "Inference batch size.")
@@ -78,6 +79,7 @@ _OVERRIDES = {
     "width": ("width", float),
     "epochs": ("epochs", int),
     "pretext_epochs": ("pretext_epochs", int),
+    "pretext_seed": ("pretext_seed", int),
     "batch_size": ("batch_size", int),
     "pretext_batch_size": ("pretext_batch_size", int),
     "eval_batch_size": ("eval_batch_size", int),

@@ -95,6 +95,10 @@ def check_config(c: Config) -> None:
             f"--{name}={','.join(map(str, ms))} must be strictly increasing positive epochs",
         )
     need(c.recipe in RECIPES, f"--recipe must be one of {', '.join(RECIPES)}, got {c.recipe!r}")
+    need(
+        c.pretext_seed is None or c.pretext_seed >= 0,
+        f"--pretext_seed must be >= 0, got {c.pretext_seed}",
+    )
     need(c.val_size >= 1, f"--val_size must be at least 1, got {c.val_size}")
     need(c.bal_sampler in BAL_SAMPLERS, f"--bal_sampler must be one of {BAL_SAMPLERS}")
     need(c.cdd_order in ("ascending", "descending"), "--cdd_order must be ascending or descending")
@@ -236,7 +240,10 @@ def _seed_context(
 ) -> tuple[SelectionContext, dict]:
     """Pretext training and features (cached), K-means/CDD order for one seed."""
     model = ModelSpec(len(d.class_names), d.pool.images.shape[-1], c.width)
-    path = os.path.join(pretext_cache_dir(c, pretext_dir), f"seed{seed}.npz")
+    # The paper trains a pretext network per seed; `pretext_seed` shares one across seeds.
+    pretext_seed = seed if c.pretext_seed is None else c.pretext_seed
+    pretext_key = jax.random.key(pretext_seed)
+    path = os.path.join(pretext_cache_dir(c, pretext_dir), f"seed{pretext_seed}.npz")
     if os.path.exists(path):
         z = np.load(path)
         feats, losses = z["features"], z["losses"]
@@ -251,7 +258,7 @@ def _seed_context(
             eval_batch_size=c.eval_batch_size,
         )
         outs = pretext_outputs(
-            named_key(key, "pretext"),
+            named_key(pretext_key, "pretext"),
             d.pool.images,
             model=model,
             settings=settings,

@@ -115,6 +115,17 @@ def test_pretext_features_are_shared_across_budgets_not_across_pretext_settings(
     )
     assert "pretext training" in other_pretext.stdout
     assert len(os.listdir(pretext_dir)) == 2
+    # --pretext_seed=0: seed 1 re-uses seed 0's pretext features instead of training its own.
+    shared_seed = _run(
+        str(tmp_path / "shared_seed"),
+        shared,
+        "--pretext_seed=0",
+        "--seeds=1",
+        "--fractions=0.05,0.1",
+        "--method=pt4al",
+    )
+    assert "pretext features loaded" in shared_seed.stdout
+    assert not os.path.exists(os.path.join(pretext_dir, cache, "seed1.npz"))
 
 
 def test_diagnose_reads_the_runs_pretext_features(clean_run):
@@ -152,6 +163,7 @@ def test_workdir_of_another_config_is_refused(clean_run):
         ("--beta=0.01", "below its minimum"),
         ("--milestones=5,3", "strictly increasing"),
         ("--dataset=nosuchdataset", "nosuchdataset"),
+        ("--pretext_seed=-1", "--pretext_seed must be >= 0"),
     ],
 )
 def test_bad_flags_fail_fast_with_one_sentence(tmp_path, flag, message):

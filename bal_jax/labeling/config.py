@@ -19,6 +19,7 @@ from bal_jax.active_loop import TrainSettings
 from bal_jax.budgets import BUDGETS, cycle_counts
 from bal_jax.labeling import formats
 from bal_jax.methods import bal_min_beta
+from bal_jax.train.recipe import RECIPES, Recipe
 
 __all__ = [
     "PAPER_BETA",
@@ -36,7 +37,9 @@ PAPER_BETA = {"small": 0.75, "medium": 1.3, "large": 2.25}
 _MAX_LISTED = 5
 # CPU-scale defaults (the cifar10_cpu preset's recipe); pass the paper's for GPU runs.
 DEFAULT_PRETEXT = TrainSettings(epochs=10, batch_size=128, learning_rate=0.1, milestones=(7,))
-DEFAULT_MAIN = TrainSettings(epochs=20, batch_size=64, learning_rate=0.05, milestones=(15,))
+DEFAULT_MAIN = TrainSettings(
+    epochs=20, batch_size=64, learning_rate=0.05, milestones=(15,), recipe=RECIPES["small_data"]
+)
 
 
 class LabelingError(ValueError):
@@ -84,6 +87,8 @@ class ProjectConfig:
         for name in ("pretext", "main"):
             s = dict(d[name])
             s["milestones"] = tuple(s["milestones"])
+            if isinstance(s.get("recipe"), dict):
+                s["recipe"] = Recipe(**s["recipe"])
             d[name] = TrainSettings(**s)
         if d["classes"] is not None:
             d["classes"] = tuple(d["classes"])
@@ -120,9 +125,10 @@ class ProjectConfig:
 
 def settings_dict(settings: TrainSettings) -> dict:
     """A training recipe as a dict (a NamedTuple today; a dataclass works too)."""
-    if dataclasses.is_dataclass(settings):
-        return dataclasses.asdict(settings)
-    return settings._asdict()
+    d = dataclasses.asdict(settings) if dataclasses.is_dataclass(settings) else settings._asdict()
+    if isinstance(d.get("recipe"), Recipe):
+        d["recipe"] = d["recipe"]._asdict()
+    return d
 
 
 def replace_settings(settings: TrainSettings, **changes) -> TrainSettings:

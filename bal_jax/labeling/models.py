@@ -24,7 +24,8 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from bal_jax import train
-from bal_jax.active_loop import TrainSettings, _fit_kwargs, named_key
+from bal_jax.active_loop import TrainSettings, named_key
+from bal_jax.active_loop import fit_kwargs as _runner_fit_kwargs
 from bal_jax.data import decode
 from bal_jax.labeling import pool as pool_lib
 from bal_jax.labeling.config import LabelingError
@@ -49,7 +50,7 @@ def fit_kwargs(settings: TrainSettings, mean: Sequence[float], std: Sequence[flo
 
     The runner's own helper, so a project trains exactly as `run_cycles` does.
     """
-    return _fit_kwargs(settings, mean, std, None)
+    return _runner_fit_kwargs(settings, mean, std, None)
 
 
 def train_pretext(
@@ -180,7 +181,12 @@ def cross_validate(
     """
     n = labels_N.shape[0]
     perm = np.asarray(jax.random.permutation(named_key(key, "cv_split"), n))
-    ev = dict(batch_size=settings.eval_batch_size, mean=mean, std=std)
+    ev = dict(
+        batch_size=settings.eval_batch_size,
+        mean=mean,
+        std=std,
+        tta_flip=settings.recipe.tta_flip,
+    )
     accs = []
     for f in range(folds):
         held = np.sort(perm[f::folds])
@@ -195,6 +201,7 @@ def cross_validate(
             labels_N[fit_on],
             **fit_kwargs(settings, mean, std),
             augment=settings.augment,
+            recipe=settings.recipe,
         )
         accs.append(float(train.evaluate(net, images_NHWC[held], labels_N[held], **ev)))
     return {"folds": folds, "accuracies": accs, "mean": float(np.mean(accs)), "num_labels": n}
@@ -245,6 +252,7 @@ def predict_folder(
         batch_size=batch_size,
         mean=meta["mean"],
         std=meta["std"],
+        tta_flip=bool(meta.get("tta_flip", False)),
     ).logits_NC
     probs = np.asarray(jax.nn.softmax(np.asarray(logits, np.float32), axis=-1))
     classes = meta["classes"]

@@ -29,7 +29,7 @@ import numpy as np
 from flax import nnx
 
 from bal_jax import train
-from bal_jax.active_loop import named_key
+from bal_jax.active_loop import main_train_key, named_key
 from bal_jax.data import channel_stats
 from bal_jax.labeling import formats, models
 from bal_jax.labeling import pool as pool_lib
@@ -210,12 +210,13 @@ class LabelingProject(ProjectStore):
         self.log(f"training the classifier on {idx.size} labels ({how})")
         t0 = time.perf_counter()
         train.fit(
-            named_key(self._cycle_key(upto - 1), "train"),
+            main_train_key(self.key, upto - 1),
             net,
             self.pool.images_NHWC[idx],
             y,
             **models.fit_kwargs(c.main, self.mean, self.std),
             augment=c.main.augment,
+            recipe=c.main.recipe,
         )
         self.log(f"trained in {time.perf_counter() - t0:.1f}s")
         models.save_model(
@@ -230,6 +231,7 @@ class LabelingProject(ProjectStore):
                 "mean": list(self.mean),
                 "std": list(self.std),
                 "labels_digest": digest,
+                "tta_flip": bool(c.main.recipe.tta_flip),
                 "num_labels": int(idx.size),
                 "round": upto,
                 "project_id": self.state["project_id"],
@@ -290,6 +292,7 @@ class LabelingProject(ProjectStore):
                 batch_size=self.config.main.eval_batch_size,
                 mean=self.mean,
                 std=self.std,
+                tta_flip=self.config.main.recipe.tta_flip,
             )
             logits = np.asarray(out.logits_NC, np.float32)
             probs = np.asarray(jax.nn.softmax(logits, axis=-1))

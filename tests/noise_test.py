@@ -1,0 +1,29 @@
+"""experiments.noise: fixed labeled sets, one training per (recipe, seed), the table."""
+
+import dataclasses
+
+import numpy as np
+
+from experiments import config, noise
+from experiments.pipeline import load_data
+
+
+def test_labeled_set_is_fixed_per_size_and_distinct():
+    a = noise.labeled_set(1000, 200, data_seed=0)
+    assert np.array_equal(a, noise.labeled_set(1000, 200, data_seed=0))
+    assert np.unique(a).size == 200 and a.min() >= 0 and a.max() < 1000
+    assert not np.array_equal(a, noise.labeled_set(1000, 200, data_seed=1))
+
+
+def test_train_once_and_table_on_digits():
+    cfg = dataclasses.replace(config.digits_cpu(), width=1 / 16, epochs=1, batch_size=32)
+    data = load_data(cfg)
+    idx = noise.labeled_set(data.pool.images.shape[0], 64, data_seed=0)
+    rows = []
+    for recipe in ("paper", "small_data"):
+        c = dataclasses.replace(cfg, recipe=recipe)
+        rows.append({"recipe": recipe, "size": 64, "seed": 0, **noise.train_once(c, data, idx, 0)})
+    assert rows[0]["steps"] == 2 and rows[1]["steps"] >= 640  # the step floor
+    assert all(0.0 <= r["accuracy"] <= 1.0 for r in rows)
+    table = noise.noise_table(rows, ["paper", "small_data"], [64])
+    assert "| 64 | paper | 1 |" in table and "| 64 | small_data | 1 |" in table
