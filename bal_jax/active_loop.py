@@ -15,6 +15,7 @@ run reproduces an uninterrupted one.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import time
 import zlib
@@ -23,6 +24,7 @@ from typing import Any, NamedTuple
 
 import jax
 import numpy as np
+from absl import logging
 from flax import nnx
 
 from bal_jax import train
@@ -110,9 +112,19 @@ def augment_kwargs(mode: str) -> dict[str, Any]:
     """
     if mode not in AUGMENTATIONS:
         raise ValueError(f"augment must be one of {AUGMENTATIONS}, got {mode!r}")
-    if mode == "crop" and crop_only_supported():
-        return {"augment": True, "flip": False}
+    if mode == "crop":
+        if crop_only_supported():
+            return {"augment": True, "flip": False}
+        _warn_crop_fallback()
     return {"augment": mode != "none"}
+
+
+@functools.cache
+def _warn_crop_fallback() -> None:
+    logging.warning(
+        "augment='crop' needs train.fit(flip=...), which this build lacks: flipping too "
+        "(issue 13 item 5)"
+    )
 
 
 def rotate_each(images_NHWC: np.ndarray, quarter_turns_N: np.ndarray) -> np.ndarray:

@@ -138,7 +138,7 @@ def caltech101() -> Config:
 
     The paper's protocol from tfds' caltech101: the background_google clutter label dropped
     (101 classes), train and test pooled and a seeded 10% class-stratified test split drawn,
-    leaving 7,809 training images (the paper: about 7,857); 800 of them are validation.
+    leaving about 7,800 training images (the paper: about 7,857); 800 of them are validation.
     """
     return dataclasses.replace(
         cifar10(),

@@ -148,6 +148,7 @@ def make_plan(c: Config, *, pool_size: int, val_size: int, num_classes: int) -> 
       The `Plan`. Raises ConfigError for any setting that would fail later in the run.
     """
     need = _need
+    need(num_classes >= 2, f"the dataset has {num_classes} class; BAL needs at least 2")
     base = pool_size if c.fractions_of == "pool" else pool_size + val_size
     try:
         counts = cycle_counts(c.schedule, pool_size=base)
@@ -159,7 +160,6 @@ def make_plan(c: Config, *, pool_size: int, val_size: int, num_classes: int) -> 
         f"--fractions_of={c.fractions_of}) but the pool holds {pool_size}; use "
         "--fractions_of=pool or a smaller --val_size",
     )
-    need(num_classes >= 2, f"the dataset has {num_classes} class; BAL needs at least 2")
     num_clusters = num_classes if c.num_clusters is None else c.num_clusters
     needs_clusters = "bal" in c.methods and c.indicator != "pretext_loss"
     need(
