@@ -41,6 +41,16 @@ from bal_jax.methods import (
 )
 from bal_jax.models import VGG16
 
+# Version of what `pretext_outputs` computes: part of the runner's pretext cache key, so
+# features made by older code are never reused. Bump it with any change to the rotation
+# training, the network or the feature extraction that changes the features.
+PRETEXT_CODE_VERSION = 2
+# Feature views (SPEC Step 2): the upright image (paper) or one random rotation (released code).
+FEATURE_VIEWS = ("upright", "random_rotation")
+# Augmentation modes (SPEC Step 1; per dataset in experiments/config.py): random crop (pad 4)
+# with a horizontal flip, the crop alone (digits must not be mirrored), or none.
+AUGMENTATIONS = ("crop_flip", "crop", "none")
+
 # Dropout rate of the classifier for the MC-dropout (DBAL) baseline only.
 DBAL_DROPOUT = 0.5
 DBAL_SAMPLES = 10
@@ -72,7 +82,7 @@ class TrainSettings(NamedTuple):
     lr_decay: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    augment: bool = True
+    augment: str = "crop_flip"  # one of AUGMENTATIONS
     eval_batch_size: int = 512
     recipe: train.Recipe = train.RECIPES["paper"]
 
@@ -86,6 +96,39 @@ class PretextOutputs(NamedTuple):
 def named_key(key: jax.Array, name: str) -> jax.Array:
     """A key for a named purpose, stable across processes (no Python hash randomisation)."""
     return jax.random.fold_in(key, zlib.crc32(name.encode()) & 0x7FFFFFFF)
+
+
+def augment_kwargs(mode: str) -> dict[str, Any]:
+    """The arguments of `train.fit` / `train.fit_rotation` for an augmentation mode.
+
+    Args:
+      mode: one of `AUGMENTATIONS`.
+
+    Returns:
+      ``{"augment": bool}``, plus ``{"flip": False}`` for "crop".
+    """
+    if mode not in AUGMENTATIONS:
+        raise ValueError(f"augment must be one of {AUGMENTATIONS}, got {mode!r}")
+    if mode == "crop":
+        return {"augment": True, "flip": False}
+    return {"augment": mode != "none"}
+
+
+def rotate_each(images_NHWC: np.ndarray, quarter_turns_N: np.ndarray) -> np.ndarray:
+    """Image i turned by ``quarter_turns_N[i]`` x 90 degrees, as `train.rotations` turns it.
+
+    Args:
+      images_NHWC: square images.
+      quarter_turns_N: (N,) ints in [0, 4).
+
+    Returns:
+      The rotated images, same shape and dtype.
+    """
+    out = np.empty_like(images_NHWC)
+    for k in range(4):
+        sel = quarter_turns_N == k
+        out[sel] = np.rot90(images_NHWC[sel], k, axes=(1, 2))
+    return out
 
 
 def collapse_share(logits_NC: np.ndarray) -> float:
@@ -114,6 +157,7 @@ def fit_kwargs(settings: TrainSettings, mean, std, mesh) -> dict[str, Any]:
         mean=mean,
         std=std,
         mesh=mesh,
+        **augment_kwargs(settings.augment),
     )
 
 
@@ -127,12 +171,30 @@ def pretext_outputs(
     std: Sequence[float],
     mesh=None,
     progress: Callable | None = None,
+    feature_view: str = "upright",
 ) -> PretextOutputs:
     """SPEC Steps 1-2 inputs: trains the rotation network, returns pool features and losses.
 
-    Features are those of the upright image (the paper's choice), taken before the
-    4-way classifier; losses are the per-image rotation losses PT4AL sorts by.
+    Features are taken before the 4-way classifier, of the upright image (the paper's
+    choice) or, with ``feature_view="random_rotation"``, of one view turned by a random
+    multiple of 90 degrees per image (the released code; drawn from `key`). Losses are the
+    per-image rotation losses over all four views, which PT4AL sorts by.
+
+    Args:
+      key: PRNG key of the pretext stage (initialisation, training, feature views).
+      images: (N, H, W, C) uint8 pool images, square.
+      model: the backbone's shape (its head is replaced by the 4-way rotation head).
+      settings: the pretext optimisation settings (SPEC Step 1).
+      mean, std: per-channel normalisation.
+      mesh: device mesh for data parallelism.
+      progress: called after each epoch.
+      feature_view: one of `FEATURE_VIEWS`.
+
+    Returns:
+      PretextOutputs(features (N, D), losses (N,), seconds per phase).
     """
+    if feature_view not in FEATURE_VIEWS:
+        raise ValueError(f"feature_view must be one of {FEATURE_VIEWS}, got {feature_view!r}")
     net = VGG16(
         4, in_channels=model.in_channels, width=model.width, rngs=nnx.Rngs(named_key(key, "init"))
     )
@@ -146,7 +208,11 @@ def pretext_outputs(
     )
     t1 = time.perf_counter()
     ev = dict(batch_size=settings.eval_batch_size, mean=mean, std=std, mesh=mesh)
-    features = np.asarray(train.predict(net, images, **ev).features_ND)
+    views = images
+    if feature_view == "random_rotation":
+        turns = jax.random.randint(named_key(key, "feature_view"), (images.shape[0],), 0, 4)
+        views = rotate_each(np.asarray(images), np.asarray(turns))
+    features = np.asarray(train.predict(net, views, **ev).features_ND)
     losses = np.asarray(train.rotation_losses(net, images, **ev))
     seconds = {"pretext": t1 - t0, "features": time.perf_counter() - t1}
     return PretextOutputs(features, losses, seconds)
@@ -248,7 +314,7 @@ def run_cycles(
     if method == "bal" and not context.bal_options.uniform_subpools:
         lowest = bal_min_beta(counts, pool_size=pool_size, options=context.bal_options)
         if context.beta is None or context.beta < lowest:
-            raise ValueError(f"beta={context.beta} is below its minimum {lowest:.4g} (k*C/N)")
+            raise ValueError(f"beta={context.beta} is below its minimum {lowest:.4g} ((k-1)*C/N)")
     spec_dropout = DBAL_DROPOUT if method in NEEDS_MC_DROPOUT else 0.0
     init_key = named_key(key, "main_init")
     root_digest = _digest(
@@ -339,7 +405,6 @@ def run_cycles(
                 pool.images[labeled],
                 pool.labels[labeled],
                 **fit_kwargs(settings, mean, std, mesh),
-                augment=settings.augment,
                 recipe=settings.recipe,
             )
             train_loss = _last_loss(history)
@@ -506,16 +571,21 @@ def search_beta(
 
 
 __all__ = [
+    "AUGMENTATIONS",
+    "FEATURE_VIEWS",
+    "PRETEXT_CODE_VERSION",
     "BALOptions",
     "BetaSearch",
     "ModelSpec",
     "PretextOutputs",
     "Split",
     "TrainSettings",
+    "augment_kwargs",
     "fit_kwargs",
     "main_train_key",
     "named_key",
     "pretext_outputs",
+    "rotate_each",
     "run_cycles",
     "search_beta",
 ]

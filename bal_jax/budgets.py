@@ -4,6 +4,7 @@ Usage::
 
     fractions = budget_fractions("small")            # (0.02, 0.04, 0.06, 0.08, 0.10)
     counts = cycle_counts(fractions, pool_size=50_000)  # (1000, 1000, 1000, 1000, 1000)
+    search_cycles(budget_fractions("medium"), fraction=0.15)  # 2: the beta search's cycles
 """
 
 from __future__ import annotations
@@ -60,3 +61,26 @@ def cycle_counts(fractions: Sequence[float], *, pool_size: int) -> tuple[int, ..
             f"reaching {bad} would label no image"
         )
     return tuple(int(c) for c in counts)
+
+
+def search_cycles(fractions: Sequence[float], *, fraction: float) -> int:
+    """Cycles the beta search runs per candidate (paper Eq. 9: about 15% of N labeled).
+
+    The fewest cycles whose cumulative fraction reaches `fraction`, and at least 2 when the
+    schedule has 2: the first cycle takes the lowest-CDD images of the first window, the same
+    for every beta >= 1, so a one-cycle search could not tell those candidates apart. A
+    schedule that never reaches `fraction` (the small budget ends at 10%) is searched whole.
+
+    Args:
+      fractions: the schedule's cumulative labeled fractions.
+      fraction: the labeled fraction the search should reach, in (0, 1].
+
+    Returns:
+      The number of cycles, in [1, len(fractions)]: medium 2 (15%), large 2 (20%), small 5.
+    """
+    fr = validate_fractions(fractions)
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"fraction must lie in (0, 1], got {fraction}")
+    reached = [i + 1 for i, f in enumerate(fr) if f >= fraction - 1e-9]
+    cycles = reached[0] if reached else len(fr)
+    return min(max(cycles, 2), len(fr))

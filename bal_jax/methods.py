@@ -56,7 +56,10 @@ class BALOptions(NamedTuple):
     indicator: 'cdd' (paper), 'nearest_distance' (distance to the nearest K-means center) or
       'pretext_loss' (rotation loss, as PT4AL): the value the pool is sorted by.
     uniform_subpools: equal, non-overlapping sub-pools (beta = 1, PT4AL-style, Eq. 11).
-    window_variant: 'paper' windows in units of N/C, or 'released' in units of the budget.
+    window_variant: 'paper' windows in units of N/C, or 'released' in units of a fixed
+      per-cycle budget A.
+    window_budget: A for window_variant='released' (the released code's --addendum); the
+      runner's default is the k of the last cycle (SPEC Step 3).
     normalize_logits: the released code's max softmax(z / ||z||) confidence.
     """
 
@@ -65,6 +68,7 @@ class BALOptions(NamedTuple):
     indicator: str = "cdd"
     uniform_subpools: bool = False
     window_variant: str = "paper"
+    window_budget: int | None = None
     normalize_logits: bool = False
 
 
@@ -86,6 +90,7 @@ def bal_order(
     descending: bool = False,
     pretext_losses_N: jax.typing.ArrayLike | None = None,
     chunk_size: int | None = None,
+    n_init: int = 10,
 ) -> np.ndarray:
     """The pool sorted by BAL's indicator, S in the paper (SPEC Step 2), stable.
 
@@ -97,6 +102,8 @@ def bal_order(
       descending: reverse the order (ablation; ties keep index order).
       pretext_losses_N: per-image rotation loss, required for indicator='pretext_loss'.
       chunk_size: rows per distance block for large pools.
+      n_init: K-means restarts, the lowest inertia kept (10: scikit-learn's default before
+        1.4, which the released code ran).
 
     Returns:
       (N,) int64 permutation of the pool.
@@ -108,7 +115,7 @@ def bal_order(
             raise ValueError("indicator='pretext_loss' needs pretext_losses_N")
         value = np.asarray(pretext_losses_N, np.float64)
     else:
-        result = kmeans(key, feats_ND, num_clusters, chunk_size=chunk_size)
+        result = kmeans(key, feats_ND, num_clusters, chunk_size=chunk_size, n_init=n_init)
         if indicator == "cdd":
             value = np.asarray(cdd(feats_ND, result.centers, chunk_size=chunk_size))
         else:
@@ -122,16 +129,40 @@ def bal_order(
 def bal_min_beta(counts, *, pool_size: int, options: BALOptions | None = None) -> float:
     """The smallest beta whose every window holds its cycle's k images (SPEC Step 3).
 
-    k*C/N with the paper's windows; 1 with the released code's windows, which are measured
-    in units of the per-cycle budget (bal_select passes each cycle's k as that unit).
+    (k-1)*C/N with the paper's windows, (k-1)/A with the released code's windows of the
+    fixed budget A = options.window_budget (k is the largest cycle's; see
+    `subpools.min_beta` for the one image of rounding slack).
     """
     options = options or BALOptions()
     k = max(int(c) for c in counts)
     if options.window_variant == "released":
+        if options.window_budget is None:
+            raise ValueError("window_variant='released' needs options.window_budget (A)")
         return subpools.min_beta(
-            min_size=k, num_cycles=len(counts), pool_size=pool_size, variant="released", budget=k
+            min_size=k,
+            num_cycles=len(counts),
+            pool_size=pool_size,
+            variant="released",
+            budget=options.window_budget,
         )
     return subpools.min_beta(min_size=k, num_cycles=len(counts), pool_size=pool_size)
+
+
+def _check_query(k: int, labeled_mask: np.ndarray, pool_size: int, probs, logits) -> None:
+    """One sentence naming the bad argument before any sub-pool arithmetic."""
+    if labeled_mask.shape != (pool_size,):
+        raise ValueError(
+            f"labeled_mask has shape {labeled_mask.shape}; the order has {pool_size} images"
+        )
+    free = int((~labeled_mask).sum())
+    if isinstance(k, bool) or int(k) != k or not 1 <= k <= free:
+        raise ValueError(f"k={k} must be in [1, {free}], the unlabeled images left in the pool")
+    for name, value in (("probs", probs), ("logits", logits)):
+        if value is not None and (np.ndim(value) != 2 or np.shape(value)[0] != pool_size):
+            raise ValueError(
+                f"{name} must have shape ({pool_size}, num_classes), one row per pool image; "
+                f"got {np.shape(value)}"
+            )
 
 
 def _candidates_mask(idx: np.ndarray, size: int) -> np.ndarray:
@@ -188,7 +219,8 @@ def bal_select(
       probs, logits: (N, C) outputs of the model trained in the previous cycle; needed from
         cycle 1 on by the confidence/entropy samplers (logits only with normalize_logits).
       features: (N, D) features for the kmeans sampler.
-      budget: per-cycle budget A, for options.window_variant='released'.
+      budget: fixed per-cycle budget A for options.window_variant='released' (default:
+        options.window_budget).
       options: the ablation switches (default: the paper's BAL).
 
     Returns:
@@ -198,6 +230,11 @@ def bal_select(
     order = np.asarray(order)
     labeled_mask = np.asarray(labeled_mask, bool)
     pool_size = order.shape[0]
+    _check_query(k, labeled_mask, pool_size, probs, logits)
+    if budget is None:
+        budget = options.window_budget
+    if options.window_variant == "released" and budget is None:
+        raise ValueError("window_variant='released' needs the fixed per-cycle budget A (budget=)")
     cand = subpools.subpool(
         order,
         labeled_mask,
@@ -206,7 +243,7 @@ def bal_select(
         beta=1.0 if options.uniform_subpools else beta,
         min_size=k,
         variant=options.window_variant,
-        budget=budget if budget is not None else k,
+        budget=budget,
     )
     cand = np.asarray(cand)
     if cycle == 0:
@@ -238,15 +275,32 @@ def pt4al_select(
     num_cycles: int,
     k: int,
     probs: np.ndarray | None = None,
+    logits: np.ndarray | None = None,
+    normalize_logits: bool = True,
 ) -> np.ndarray:
     """PT4AL: pretext loss descending, equal batches, confidence sampling inside a batch.
 
     The first cycle takes k images at even intervals of the first batch, as PT4AL's code
     does. `loss_order` must come from a numeric sort (the released code sorted strings).
+    Later cycles take the k images of the batch with the lowest max softmax(z / ||z||) of
+    the logits z, as the released PT4AL code ranks them (``normalize_logits=False``: plain
+    max softmax of `probs`).
+
+    Args:
+      key: unused (PT4AL is deterministic given the model).
+      loss_order: (N,) pool indices by descending rotation loss.
+      labeled_mask: (N,) bool, True where already labeled.
+      cycle, num_cycles, k: 0-based cycle, C and the images to label.
+      probs, logits: (N, C) outputs of the previous cycle's model (from cycle 1 on).
+      normalize_logits: rank by max softmax(z/||z||) (released PT4AL) instead of max p.
+
+    Returns:
+      (k,) distinct pool indices, none previously labeled.
     """
     del key
     labeled_mask = np.asarray(labeled_mask, bool)
     pool_size = loss_order.shape[0]
+    _check_query(k, labeled_mask, pool_size, probs, logits)
     cand = np.asarray(
         subpools.subpool(
             loss_order, labeled_mask, cycle=cycle, num_cycles=num_cycles, beta=1.0, min_size=k
@@ -255,7 +309,15 @@ def pt4al_select(
     if cycle == 0:
         picks = cand[np.floor(np.arange(k) * (cand.shape[0] / k)).astype(np.int64)]
         return picks
-    return np.asarray(sampling.least_confidence(probs, _candidates_mask(cand, pool_size), k))
+    return np.asarray(
+        sampling.least_confidence(
+            probs,
+            _candidates_mask(cand, pool_size),
+            k,
+            logits=logits,
+            normalize_logits=normalize_logits,
+        )
+    )
 
 
 class SelectionContext(NamedTuple):
@@ -266,6 +328,8 @@ class SelectionContext(NamedTuple):
     pretext_features_ND: np.ndarray | None = None
     beta: float | None = None
     bal_options: BALOptions = BALOptions()
+    # The released PT4AL ranks by max softmax(z / ||z||) (SPEC Step 5, baselines).
+    pt4al_normalize_logits: bool = True
 
 
 def select(
@@ -312,6 +376,8 @@ def select(
             num_cycles=num_cycles,
             k=k,
             probs=preds.probs_NC,
+            logits=preds.logits_NC,
+            normalize_logits=context.pt4al_normalize_logits,
         )
     if method == "typiclust":
         return np.asarray(

@@ -792,7 +792,9 @@ def typiclust(
     _check_disjoint(jnp.asarray(cand_N), jnp.asarray(labeled_N))
     check_finite(x_ND, "feats_ND")
     num_clusters = min(int(labeled_N.sum()) + k, max_clusters, n)
-    assign_N = np.asarray(kmeans(key, x_ND, num_clusters, chunk_size=chunk_size).assignments)
+    assign_N = np.asarray(
+        kmeans(key, x_ND, num_clusters, chunk_size=chunk_size, n_init=1).assignments
+    )
     sizes = np.bincount(assign_N, minlength=num_clusters)
     num_labeled = np.bincount(assign_N[labeled_N], minlength=num_clusters)
     visit = np.lexsort((np.arange(num_clusters), -sizes, num_labeled, sizes <= min_cluster_size))

@@ -16,9 +16,18 @@ integer bounds are the exact solutions of the inequalities (ceil of each real bo
 rational arithmetic, with beta read as the nearest fraction of denominator <= 1e9 (``1.2`` is
 6/5, not the nearest double), so beta = 1 tiles exactly and integer bounds are exact.
 
-Variant ``"released"`` (the authors' code): windows of width beta*A in units of the per-cycle
-budget A (`budget`): cycle 0 is ``S[0 : beta*A]``, a middle cycle c is centred on
-``(c + 1.5) * A``, the last cycle is ``S[N - beta*A : N]``.
+Variant ``"released"`` (the authors' code): windows of width beta*A in units of a fixed
+per-cycle budget A (`budget`, the released code's ``--addendum``): cycle 0 is
+``S[0 : int(beta*A)]``, a middle cycle c is
+``S[int((c + 1.5)*A - beta*A/2) : int((c + 1.5)*A + beta*A/2)]``, the last cycle is
+``S[int(N - beta*A) : N]``. Bounds are truncated with Python's ``int()`` in float arithmetic,
+exactly as the released code computes them (not rounded up), then clipped to [0, N].
+
+Minimum beta (SPEC Step 3): a window must hold the cycle's k images, beta >= k*C/N (or
+k/A). With k = round(f*N) a window of the nominal width N/C can fall short of k by a rounding
+of less than one image (SVHN's pool of 68,257 in 10 cycles: k = 6,826 > N/C = 6,825.7), so
+the refusal threshold is ``(k - ROUNDING_SLACK)*C/N``: a shortfall of at most one image is
+absorbed by the documented widening rule instead of failing the large budget at beta = 1.
 
 The sub-pool's length depends on the data, so these are host (NumPy) functions; they are
 vectorised (no Python loop over the pool) and take a few milliseconds at N = 1,000,000.
@@ -31,9 +40,11 @@ from fractions import Fraction
 
 import numpy as np
 
-__all__ = ["min_beta", "subpool", "subpool_bounds"]
+__all__ = ["ROUNDING_SLACK", "min_beta", "subpool", "subpool_bounds"]
 
 VARIANTS = ("paper", "released")
+# Images a window may lack because k = round(f*N) exceeds its real width (module doc).
+ROUNDING_SLACK = 1
 
 
 def _check_int(value, name: str, low: int) -> int:
@@ -67,9 +78,10 @@ def _check_variant(variant: str, budget) -> int | None:
 
 
 def _min_beta_fraction(min_size: int, num_cycles: int, pool_size: int, variant, budget):
+    need = max(min_size - ROUNDING_SLACK, 0)
     if variant == "released":
-        return Fraction(min_size, budget)
-    return Fraction(min_size * num_cycles, pool_size)
+        return Fraction(need, budget)
+    return Fraction(need * num_cycles, pool_size)
 
 
 def min_beta(
@@ -80,10 +92,11 @@ def min_beta(
     variant: str = "paper",
     budget: int | None = None,
 ) -> float:
-    """The smallest beta whose windows hold `min_size` images (SPEC Step 3).
+    """The smallest beta accepted for windows that must hold `min_size` images (SPEC Step 3).
 
-    A window is beta*N/C wide (paper) or beta*A wide (released), so the minimum is
-    ``min_size * C / N`` (the paper's ``k*C/N``) or ``min_size / A``.
+    A window is beta*N/C wide (paper) or beta*A wide (released), so the paper's minimum is
+    ``k*C/N`` (or ``k/A``). A rounding shortfall of up to `ROUNDING_SLACK` image is left to
+    the widening rule, so the value returned is ``(k - 1)*C/N`` (or ``(k - 1)/A``).
 
     Args:
       min_size: images a window must hold (the per-cycle budget k).
@@ -137,19 +150,22 @@ def subpool_bounds(
         half = (b - 1) * Fraction(n, 2 * num_cycles)
         lo = Fraction(c * n, num_cycles) - half
         hi = Fraction((c + 1) * n, num_cycles) + half
+        # Integers j with lo <= j < hi are ceil(lo) .. ceil(hi) - 1.
+        start, stop = math.ceil(lo), math.ceil(hi)
     else:
-        width = b * budget
-        if c == 0:
-            lo, hi = Fraction(0), width
-        elif c == num_cycles - 1:
-            lo, hi = n - width, Fraction(n)
-        else:
-            centre = (c + Fraction(3, 2)) * budget
-            lo, hi = centre - width / 2, centre + width / 2
-    # Integers j with lo <= j < hi are ceil(lo) .. ceil(hi) - 1.
-    start = min(max(math.ceil(lo), 0), n)
-    stop = min(max(math.ceil(hi), 0), n)
+        start, stop = _released_bounds(c, num_cycles, n, float(beta), budget)
+    start = min(max(start, 0), n)
+    stop = min(max(stop, 0), n)
     return start, max(start, stop)
+
+
+def _released_bounds(c: int, num_cycles: int, n: int, beta: float, budget: int):
+    """The released code's slice bounds, truncated with int() in float arithmetic."""
+    if c == 0:
+        return 0, int(beta * budget)
+    if c == num_cycles - 1:
+        return int(n - beta * budget), n
+    return int((c + 1.5) * budget - beta * budget / 2), int((c + 1.5) * budget + beta * budget / 2)
 
 
 def _widen(unlabeled_S: np.ndarray, start: int, stop: int, need: int) -> tuple[int, int]:
@@ -195,7 +211,7 @@ def subpool(
         pool index, not by position in `order`.
       cycle: 0-based cycle c (the paper's i = c + 1).
       num_cycles: C.
-      beta: balancing factor; must be >= `min_beta` (min_size*C/N, or min_size/A).
+      beta: balancing factor; must be >= `min_beta` ((min_size-1)*C/N, or (min_size-1)/A).
       min_size: unlabeled images the sub-pool must hold (the cycle's budget k).
       variant: "paper" or "released" (see module doc).
       budget: per-cycle budget A for variant "released".
@@ -225,18 +241,20 @@ def subpool(
     num_cycles = _check_int(num_cycles, "num_cycles", 1)
     b = _beta_fraction(beta)
     budget = _check_variant(variant, budget)
-    lowest = _min_beta_fraction(min_size, num_cycles, n, variant, budget)
-    if b < lowest:
-        formula = "min_size/budget" if variant == "released" else "min_size*num_cycles/pool_size"
-        raise ValueError(
-            f"beta={beta} is below its minimum {float(lowest):.6g} = {formula} "
-            f"(min_size={min_size}, num_cycles={num_cycles}, pool_size={n}, budget={budget})"
-        )
     unlabeled_S = ~labeled_mask[order]
     num_unlabeled = int(unlabeled_S.sum())
     if num_unlabeled < min_size:
         raise ValueError(
-            f"only {num_unlabeled} unlabeled images left in the pool, min_size={min_size}"
+            f"min_size={min_size} exceeds the {num_unlabeled} unlabeled images left in the pool"
+        )
+    lowest = _min_beta_fraction(min_size, num_cycles, n, variant, budget)
+    if b < lowest:
+        formula = (
+            "(min_size-1)/budget" if variant == "released" else "(min_size-1)*num_cycles/pool_size"
+        )
+        raise ValueError(
+            f"beta={beta} is below its minimum {float(lowest):.6g} = {formula} "
+            f"(min_size={min_size}, num_cycles={num_cycles}, pool_size={n}, budget={budget})"
         )
     start, stop = subpool_bounds(
         cycle, num_cycles=num_cycles, pool_size=n, beta=beta, variant=variant, budget=budget

@@ -53,7 +53,12 @@ flags.DEFINE_list("milestones", None, "Main-task epochs where the learning rate 
 flags.DEFINE_list("pretext_milestones", None, "Pretext epochs where the learning rate drops 10x.")
 flags.DEFINE_float("beta", None, "Fixed balancing factor (default: searched on validation).")
 flags.DEFINE_list("beta_grid", None, "Beta search candidates.")
-flags.DEFINE_integer("beta_search_cycles", None, "Cycles run per beta candidate.")
+flags.DEFINE_integer(
+    "beta_search_cycles", None, "Cycles run per beta candidate (default: --beta_search_fraction)."
+)
+flags.DEFINE_float(
+    "beta_search_fraction", None, "Labeled fraction the beta search reaches (paper Eq. 9: 0.15)."
+)
 flags.DEFINE_integer("num_clusters", None, "K for K-means (default: number of classes).")
 flags.DEFINE_enum("bal_sampler", None, ["confidence", "entropy", "kmeans", "random"], "Ablation.")
 flags.DEFINE_enum("cdd_order", None, ["ascending", "descending"], "Ablation.")
@@ -62,6 +67,16 @@ flags.DEFINE_enum("subpools", None, ["adaptive", "uniform"], "Ablation.")
 flags.DEFINE_enum("window_variant", None, ["paper", "released"], "Sub-pool window units.")
 flags.DEFINE_bool("normalize_logits", None, "Released code's max softmax(z/||z||).")
 flags.DEFINE_bool("warm_start", None, "Override: warm start (default small/medium) or scratch.")
+flags.DEFINE_enum("augment", None, ["crop_flip", "crop", "none"], "Training augmentation.")
+flags.DEFINE_integer("kmeans_n_init", None, "K-means restarts, lowest inertia kept.")
+flags.DEFINE_enum(
+    "pretext_feature", None, ["upright", "random_rotation"], "Pretext feature view (SPEC Step 2)."
+)
+flags.DEFINE_bool("pt4al_normalize_logits", None, "PT4AL ranks by max softmax(z/||z||).")
+flags.DEFINE_integer("window_budget", None, "A of --window_variant=released (its --addendum).")
+flags.DEFINE_enum("fractions_of", None, ["pool", "train"], "What budget fractions are of.")
+flags.DEFINE_list("drop_classes", None, "Class names to drop, e.g. background_google.")
+flags.DEFINE_float("resplit_test_fraction", None, "Pool train+test and draw this test share.")
 _DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize().")
 
 # flag name -> (Config field, parser)
@@ -98,6 +113,15 @@ _OVERRIDES = {
     "window_variant": ("window_variant", str),
     "normalize_logits": ("normalize_logits", bool),
     "warm_start": ("warm_start", bool),
+    "beta_search_fraction": ("beta_search_fraction", float),
+    "augment": ("augment", str),
+    "kmeans_n_init": ("kmeans_n_init", int),
+    "pretext_feature": ("pretext_feature", str),
+    "pt4al_normalize_logits": ("pt4al_normalize_logits", bool),
+    "window_budget": ("window_budget", int),
+    "fractions_of": ("fractions_of", str),
+    "drop_classes": ("drop_classes", lambda v: tuple(x.strip() for x in v if x.strip())),
+    "resplit_test_fraction": ("resplit_test_fraction", float),
 }
 
 
@@ -136,7 +160,8 @@ def _log(line: str) -> None:
 
 def main(argv):
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+        # One line, not absl's full help: flags take the form --name=value.
+        sys.exit(f"error: unexpected arguments {argv[1:]}; flags are --name=value (see --help)")
     if not flags.FLAGS["verbosity"].present:
         # Orbax and JAX log every checkpoint step at INFO; our own progress lines are printed.
         logging.set_verbosity(logging.WARNING)

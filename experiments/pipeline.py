@@ -24,7 +24,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import tempfile
 import time
 from collections.abc import Callable
 
@@ -34,6 +33,7 @@ from absl import logging
 
 from bal_jax import data as data_lib
 from bal_jax.active_loop import (
+    PRETEXT_CODE_VERSION,
     ModelSpec,
     Split,
     TrainSettings,
@@ -42,74 +42,16 @@ from bal_jax.active_loop import (
     run_cycles,
     search_beta,
 )
-from bal_jax.budgets import BUDGETS, cycle_counts, validate_fractions
+from bal_jax.atomic import atomic_path
 from bal_jax.checkpoint import ModelStore, RunCheckpointer
-from bal_jax.methods import (
-    BAL_SAMPLERS,
-    INDICATORS,
-    METHODS,
-    BALOptions,
-    SelectionContext,
-    bal_min_beta,
-    bal_order,
-)
+from bal_jax.methods import SelectionContext, bal_order
 from bal_jax.parallel import make_mesh
 from bal_jax.train import RECIPES
 from experiments import report
 from experiments.config import Config
+from experiments.plan import ConfigError, Plan, check_config, make_plan
 
-
-class ConfigError(ValueError):
-    """A bad flag or preset value, reported before any training."""
-
-
-def check_config(c: Config) -> None:
-    """Every check that needs no data; raises ConfigError with one sentence."""
-
-    def need(ok: bool, msg: str):
-        if not ok:
-            raise ConfigError(msg)
-
-    need(len(c.methods) > 0, "--method needs at least one method")
-    for m in c.methods:
-        need(m in METHODS, f"unknown method {m!r}; choose from {', '.join(METHODS)}")
-    need(len(set(c.methods)) == len(c.methods), f"--method lists a method twice: {c.methods}")
-    need(
-        len(c.seeds) > 0 and len(set(c.seeds)) == len(c.seeds),
-        f"--seeds must be distinct: {c.seeds}",
-    )
-    need(c.budget in BUDGETS, f"unknown budget {c.budget!r}; choose one of {sorted(BUDGETS)}")
-    if c.fractions:
-        try:
-            validate_fractions(c.fractions)
-        except ValueError as e:
-            raise ConfigError(f"--fractions: {e}") from None
-    need(c.width > 0, f"--width must be positive, got {c.width}")
-    for name in ("pretext_epochs", "epochs", "batch_size", "pretext_batch_size", "eval_batch_size"):
-        need(getattr(c, name) >= 1, f"--{name} must be at least 1, got {getattr(c, name)}")
-    need(c.lr > 0 and c.pretext_lr > 0, "learning rates must be positive")
-    for name in ("milestones", "pretext_milestones"):
-        ms = getattr(c, name)
-        need(
-            list(ms) == sorted(set(ms)) and all(m > 0 for m in ms),
-            f"--{name}={','.join(map(str, ms))} must be strictly increasing positive epochs",
-        )
-    need(c.recipe in RECIPES, f"--recipe must be one of {', '.join(RECIPES)}, got {c.recipe!r}")
-    need(
-        c.pretext_seed is None or c.pretext_seed >= 0,
-        f"--pretext_seed must be >= 0, got {c.pretext_seed}",
-    )
-    need(c.val_size >= 1, f"--val_size must be at least 1, got {c.val_size}")
-    need(c.bal_sampler in BAL_SAMPLERS, f"--bal_sampler must be one of {BAL_SAMPLERS}")
-    need(c.cdd_order in ("ascending", "descending"), "--cdd_order must be ascending or descending")
-    need(c.indicator in INDICATORS, f"--indicator must be one of {INDICATORS}")
-    need(c.subpools in ("adaptive", "uniform"), "--subpools must be adaptive or uniform")
-    need(c.window_variant in ("paper", "released"), "--window_variant must be paper or released")
-    need(c.beta is None or c.beta > 0, f"--beta must be positive, got {c.beta}")
-    need(c.beta_search_cycles >= 1, "--beta_search_cycles must be at least 1")
-    need(
-        c.beta_search_cycles <= len(c.schedule), "--beta_search_cycles exceeds the number of cycles"
-    )
+__all__ = ["ConfigError", "check_config", "load_data", "make_plan", "run_experiment"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,6 +69,10 @@ class Data:
 def load_data(c: Config) -> Data:
     try:
         ds = data_lib.load_dataset(c.dataset, data_dir=c.data_dir, image_size=c.image_size)
+        if c.drop_classes:
+            ds = data_lib.drop_classes(ds, c.drop_classes)
+        if c.resplit_test_fraction is not None:
+            ds = data_lib.resplit(ds, test_fraction=c.resplit_test_fraction, seed=c.data_seed)
     except (ValueError, FileNotFoundError) as e:  # unknown name, not prepared, bad folder
         raise ConfigError(str(e)) from None
     labels = np.asarray(ds.train_labels)
@@ -165,8 +111,19 @@ def load_data(c: Config) -> Data:
     )
 
 
+def check_writable(folder: str, what: str) -> None:
+    """Creates `folder` and writes a probe file in it; ConfigError with one sentence if not."""
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with atomic_path(os.path.join(folder, ".write-probe")) as tmp, open(tmp, "w") as f:
+            f.write("ok\n")
+        os.unlink(os.path.join(folder, ".write-probe"))
+    except OSError as e:
+        raise ConfigError(f"cannot write to the {what} {folder}: {e.strerror or e}") from None
+
+
 def _bind_workdir(workdir: str, c: Config) -> None:
-    os.makedirs(workdir, exist_ok=True)
+    check_writable(workdir, "workdir")
     path = os.path.join(workdir, "config.json")
     fp = c.fingerprint()
     if os.path.exists(path):
@@ -183,10 +140,8 @@ def _bind_workdir(workdir: str, c: Config) -> None:
 
 
 def _save_npz(path: str, **arrays) -> None:
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-", suffix=".npz")
-    os.close(fd)
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    with atomic_path(path, suffix=".npz") as tmp:
+        np.savez(tmp, **arrays)
 
 
 def _progress(log, stage: str, total: int) -> Callable:
@@ -214,6 +169,8 @@ PRETEXT_FIELDS = (
     "pretext_batch_size",
     "pretext_lr",
     "pretext_milestones",
+    "pretext_feature",
+    "augment",
 )
 
 
@@ -226,6 +183,8 @@ def pretext_cache_dir(c: Config, pretext_dir: str) -> str:
     """The folder holding this configuration's pretext features, one file per seed."""
     fp = c.fingerprint()
     settings = {k: fp[k] for k in PRETEXT_FIELDS}
+    # Features of older pretext code are never reused (bump PRETEXT_CODE_VERSION on changes).
+    settings["pretext_code_version"] = PRETEXT_CODE_VERSION
     blob = json.dumps(settings, sort_keys=True)
     path = os.path.join(pretext_dir, hashlib.sha256(blob.encode()).hexdigest()[:12])
     os.makedirs(path, exist_ok=True)
@@ -236,7 +195,7 @@ def pretext_cache_dir(c: Config, pretext_dir: str) -> str:
 
 
 def _seed_context(
-    c: Config, d: Data, key, seed: int, pretext_dir: str, mesh, log
+    c: Config, d: Data, plan: Plan, key, seed: int, pretext_dir: str, mesh, log
 ) -> tuple[SelectionContext, dict]:
     """Pretext training and features (cached), K-means/CDD order for one seed."""
     model = ModelSpec(len(d.class_names), d.pool.images.shape[-1], c.width)
@@ -255,6 +214,7 @@ def _seed_context(
             batch_size=c.pretext_batch_size,
             learning_rate=c.pretext_lr,
             milestones=c.pretext_milestones,
+            augment=c.augment,
             eval_batch_size=c.eval_batch_size,
         )
         outs = pretext_outputs(
@@ -266,6 +226,7 @@ def _seed_context(
             std=d.std,
             mesh=mesh,
             progress=_progress(log, "pretext", c.pretext_epochs),
+            feature_view=c.pretext_feature,
         )
         feats, losses = outs.features_ND, outs.losses_N
         info = {f"{k}_s": round(v, 2) for k, v in outs.seconds.items()}
@@ -275,10 +236,11 @@ def _seed_context(
     order = bal_order(
         named_key(key, "kmeans"),
         feats,
-        num_clusters=c.num_clusters or len(d.class_names),
+        num_clusters=plan.num_clusters,
         indicator=c.indicator,
         descending=c.cdd_order == "descending",
         pretext_losses_N=losses,
+        n_init=c.kmeans_n_init,
     )
     info["clustering_s"] = round(time.perf_counter() - t0, 2)
     log(
@@ -291,17 +253,13 @@ def _seed_context(
         pt4al_order=np.argsort(-losses, kind="stable"),
         pretext_features_ND=feats,
         beta=c.beta,
-        bal_options=BALOptions(
-            sampler=c.bal_sampler,
-            uniform_subpools=c.subpools == "uniform",
-            window_variant=c.window_variant,
-            normalize_logits=c.normalize_logits,
-        ),
+        bal_options=plan.bal_options(c),
+        pt4al_normalize_logits=c.pt4al_normalize_logits,
     )
     return context, info
 
 
-def _search_beta(c, d, key, context, counts, seed_dir, store, mesh, log) -> tuple[float, dict]:
+def _search_beta(c, d, plan, key, context, seed_dir, store, mesh, log) -> tuple[float, dict]:
     path = os.path.join(seed_dir, "beta.json")
     state = {"scores": {}}
     if os.path.exists(path):
@@ -316,11 +274,11 @@ def _search_beta(c, d, key, context, counts, seed_dir, store, mesh, log) -> tupl
 
     result = search_beta(
         named_key(key, "beta_search"),
-        candidates=c.beta_grid,
-        search_cycles=c.beta_search_cycles,
+        candidates=plan.beta_grid,
+        search_cycles=plan.search_cycles,
         pool=d.pool,
         validation=d.val,
-        counts=counts,
+        counts=plan.counts,
         context=context,
         model=ModelSpec(len(d.class_names), d.pool.images.shape[-1], c.width),
         settings=_main_settings(c),
@@ -335,7 +293,11 @@ def _search_beta(c, d, key, context, counts, seed_dir, store, mesh, log) -> tupl
     )
     state.update(beta=result.beta, seconds=round(result.seconds + state.get("seconds", 0.0), 2))
     report.atomic_write(path, json.dumps(state, indent=2) + "\n")
-    log(f"beta = {result.beta:g} (validation scores {result.scores}, {result.seconds:.1f}s)")
+    # The total over every invocation: a resumed search must not report its 0 s alone.
+    log(
+        f"beta = {result.beta:g} (validation scores {result.scores}, search "
+        f"{state['seconds']:.1f}s in all, {plan.search_cycles} cycles per candidate)"
+    )
     return result.beta, state
 
 
@@ -345,8 +307,19 @@ def _main_settings(c: Config) -> TrainSettings:
         batch_size=c.batch_size,
         learning_rate=c.lr,
         milestones=c.milestones,
+        augment=c.augment,
         eval_batch_size=c.eval_batch_size,
         recipe=RECIPES[c.recipe],
+    )
+
+
+def budget_line(c: Config, plan: Plan, pool_size: int) -> str:
+    """One sentence saying what the budget fractions are fractions of (docs/fidelity.md)."""
+    whole = "the pool" if c.fractions_of == "pool" else "pool + validation"
+    return (
+        f"Budget fractions are of {whole} ({plan.fraction_base} images; --fractions_of="
+        f"{c.fractions_of}): {plan.counts[0]} images in the first cycle, "
+        f"{sum(plan.counts)} of the {pool_size}-image pool in all."
     )
 
 
@@ -371,15 +344,10 @@ def run_experiment(
     t_start = time.perf_counter()
     d = load_data(c)
     pool_size = d.pool.images.shape[0]
-    try:
-        counts = cycle_counts(c.schedule, pool_size=pool_size)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
-    if c.beta is not None and "bal" in c.methods and c.subpools == "adaptive":
-        options = BALOptions(window_variant=c.window_variant)
-        lowest = bal_min_beta(counts, pool_size=pool_size, options=options)
-        if c.beta < lowest:
-            raise ConfigError(f"--beta={c.beta} is below its minimum {lowest:.4g} (k*C/N) here")
+    plan = make_plan(
+        c, pool_size=pool_size, val_size=d.val.images.shape[0], num_classes=len(d.class_names)
+    )
+    counts = plan.counts
     mesh = make_mesh()
     ndev = mesh.devices.size
     for name in ("batch_size", "pretext_batch_size", "eval_batch_size"):
@@ -391,11 +359,14 @@ def run_experiment(
     _bind_workdir(workdir, c)
     if pretext_dir is None:
         pretext_dir = default_pretext_dir(workdir)
+    if any(m in ("bal", "pt4al", "typiclust") for m in c.methods):
+        check_writable(pretext_dir, "pretext cache")
     log(
         f"{d.name}: pool {pool_size}, validation {d.val.images.shape[0]}, test "
         f"{d.test.images.shape[0]}, {len(d.class_names)} classes; budget {c.budget_name} "
         f"{[round(f, 4) for f in c.schedule]} = {list(counts)} images per cycle"
     )
+    log(budget_line(c, plan, pool_size))
     model = ModelSpec(len(d.class_names), d.pool.images.shape[-1], c.width)
     settings = _main_settings(c)
     all_records: list[dict] = []
@@ -411,13 +382,13 @@ def run_experiment(
         store = ModelStore(os.path.join(seed_dir, "models"))
         needs_pretext = any(m in ("bal", "pt4al", "typiclust") for m in c.methods)
         context, info = (
-            _seed_context(c, d, key, seed, pretext_dir, mesh, log)
+            _seed_context(c, d, plan, key, seed, pretext_dir, mesh, log)
             if needs_pretext
             else (SelectionContext(), {})
         )
         beta_state = None
         if "bal" in c.methods and c.beta is None and c.subpools == "adaptive":
-            beta, beta_state = _search_beta(c, d, key, context, counts, seed_dir, store, mesh, log)
+            beta, beta_state = _search_beta(c, d, plan, key, context, seed_dir, store, mesh, log)
             context = context._replace(beta=beta)
         meta["seeds"][seed] = {"phases": info, "beta": context.beta, "beta_search": beta_state}
         for method in c.methods:
@@ -467,7 +438,7 @@ def run_experiment(
             publish()
     meta["wall_s"] = round(time.perf_counter() - t_start, 1)
     report.atomic_write(os.path.join(workdir, "meta.json"), json.dumps(meta, indent=2) + "\n")
-    write_reports(c, d, all_records, meta, workdir)
+    write_reports(c, d, plan, all_records, meta, workdir)
     return all_records
 
 
@@ -488,7 +459,9 @@ def _recipe_text(c: Config) -> str:
     return text + "".join(f", {e}" for e in extras if e) + f", batch {c.batch_size})"
 
 
-def write_reports(c: Config, d: Data, records: list[dict], meta: dict, workdir: str) -> None:
+def write_reports(
+    c: Config, d: Data, plan: Plan, records: list[dict], meta: dict, workdir: str
+) -> None:
     table = report.accuracy_table(records, c.methods)
     paired = report.paired_difference_table(records, "bal", c.methods)
     lines = [
@@ -503,6 +476,10 @@ def write_reports(c: Config, d: Data, records: list[dict], meta: dict, workdir: 
         f"Preset `{c.preset}`; VGG16 width {c.width}; pretext {c.pretext_epochs} epochs, main "
         f"{c.epochs} epochs per cycle ({'warm start' if c.use_warm_start else 'from scratch'}), "
         f"recipe `{c.recipe}` {_recipe_text(c)}.",
+        budget_line(c, plan, d.pool.images.shape[0]),
+        f"Augmentation: {c.augment}. Beta search: {plan.search_cycles} cycles per candidate "
+        f"({100 * c.schedule[plan.search_cycles - 1]:g}% labeled; paper Eq. 9: about "
+        f"{100 * c.beta_search_fraction:g}%), scored on validation.",
         "",
         "| seed | beta | beta search: validation acc. (%) | search s | pretext s | features s "
         "| clustering s |",

@@ -43,3 +43,16 @@ def test_pool_too_small_for_schedule():
 def test_unknown_budget():
     with pytest.raises(ValueError, match="unknown budget"):
         budget_fractions("huge")
+
+
+@pytest.mark.parametrize(
+    ("budget", "cycles"),
+    [("small", 5), ("medium", 2), ("large", 2)],  # 10% (all of small), 15%, 20%
+)
+def test_beta_search_reaches_the_papers_fifteen_percent_where_it_can(budget, cycles):
+    from bal_jax.budgets import search_cycles
+
+    assert search_cycles(budget_fractions(budget), fraction=0.15) == cycles
+    # Never a single cycle when there are two: cycle 0 is the same for every beta >= 1.
+    assert search_cycles(budget_fractions(budget), fraction=0.01) == 2
+    assert search_cycles((0.5,), fraction=0.15) == 1

@@ -55,7 +55,19 @@ def test_presets_are_valid(name):
         ({"epochs": 0}, "epochs"),
         ({"beta": -1.0}, "beta"),
         ({"indicator": "x"}, "indicator"),
-        ({"beta_search_cycles": 9}, "exceeds"),
+        ({"beta_search_cycles": 9}, r"beta_search_cycles must be in \[1, 5\]"),
+        # Issue 13 item 11/12: refused before any training, never silently replaced.
+        ({"beta_grid": (0.0, -1.0)}, "--beta_grid=0,-1 must hold positive values only"),
+        ({"beta_grid": ()}, "at least one candidate"),
+        ({"num_clusters": 0}, "--num_clusters=0 must be at least 2"),
+        ({"num_clusters": 1}, "--num_clusters=1 must be at least 2"),
+        ({"kmeans_n_init": 0}, "kmeans_n_init"),
+        ({"augment": "mirror"}, "--augment must be one of"),
+        ({"pretext_feature": "sideways"}, "--pretext_feature"),
+        ({"fractions_of": "test"}, "--fractions_of"),
+        ({"beta_search_fraction": 0.0}, "beta_search_fraction"),
+        ({"window_budget": 0}, "window_budget"),
+        ({"resplit_test_fraction": 1.0}, "resplit_test_fraction"),
     ],
 )
 def test_bad_config(changes, match):
@@ -73,3 +85,44 @@ def test_fingerprint_ignores_methods_and_seeds():
     b = dataclasses.replace(a, methods=("random",), seeds=(4,))
     assert a.fingerprint() == b.fingerprint()
     assert a.fingerprint() != dataclasses.replace(a, epochs=3).fingerprint()
+
+
+@pytest.mark.parametrize(
+    ("preset", "augment"),
+    [
+        ("digits_cpu", "crop"),  # a mirrored digit is another glyph
+        ("svhn", "crop"),  # house numbers: digits too (the released code flipped them)
+        ("cifar10", "crop_flip"),  # the released code's CIFAR transforms
+        ("cifar10_cpu", "crop_flip"),
+        ("caltech101", "crop_flip"),
+        ("tiny_imagenet", "crop_flip"),
+    ],
+)
+def test_augmentation_is_a_documented_preset_choice(preset, augment):
+    assert config_lib.PRESETS[preset]().augment == augment
+
+
+def test_caltech101_preset_uses_the_papers_split():
+    cfg = config_lib.caltech101()
+    assert cfg.drop_classes == ("background_google",) and cfg.resplit_test_fraction == 0.1
+
+
+def test_new_flags_reach_the_config():
+    cfg = main_lib.build_config(
+        _flags(
+            "--augment=none",
+            "--kmeans_n_init=3",
+            "--pretext_feature=random_rotation",
+            "--nopt4al_normalize_logits",
+            "--window_budget=7",
+            "--fractions_of=train",
+            "--drop_classes=a,b",
+            "--resplit_test_fraction=0.2",
+            "--beta_search_fraction=0.2",
+        )
+    )
+    assert (cfg.augment, cfg.kmeans_n_init, cfg.pretext_feature) == ("none", 3, "random_rotation")
+    assert not cfg.pt4al_normalize_logits and cfg.window_budget == 7
+    assert cfg.fractions_of == "train" and cfg.drop_classes == ("a", "b")
+    assert cfg.resplit_test_fraction == 0.2 and cfg.beta_search_fraction == 0.2
+    check_config(cfg)

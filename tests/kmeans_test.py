@@ -236,3 +236,45 @@ def test_block_rows_are_balanced_and_capped(num_rows, chunk_size, expected):
     assert got == expected
     assert got <= min(chunk_size or BLOCK_ROWS, BLOCK_ROWS)
     assert -(-num_rows // got) * got - num_rows < -(-num_rows // got)  # waste < one row a block
+
+
+def test_n_init_keeps_the_start_of_lowest_inertia():
+    # Ten blobs: single k-means++ starts now and then merge two blobs (a worse optimum).
+    x, _ = _blobs(num_per=20, dim=4, num_blobs=10, seed=4)
+    keys = jax.random.split(jax.random.key(0), 10)
+    singles = [kmeans(k, x, 10, n_init=1) for k in keys]
+    best = kmeans(jax.random.key(0), x, 10, n_init=10)
+    inertias = np.array([float(r.inertia) for r in singles])
+    i = int(np.argmin(inertias))
+    assert float(best.inertia) == pytest.approx(inertias[i], rel=1e-5)
+    # Float noise in the batched sums may pick another start of the same optimum.
+    same = [j for j in range(10) if inertias[j] <= inertias[i] * (1 + 1e-5)]
+    assert any(np.array_equal(best.assignments, singles[j].assignments) for j in same)
+    # One start is the key itself (reproduces earlier single-start runs).
+    one = kmeans(jax.random.key(0), x, 10, n_init=1)
+    np.testing.assert_array_equal(
+        one.assignments,
+        kmeans_core(
+            jax.random.key(0),
+            jnp.asarray(x),
+            jnp.ones(len(x), bool),
+            jnp.float32(1e-4),
+            jnp.int32(300),
+            num_clusters=10,
+            chunk_size=None,
+        ).assignments,
+    )
+    with pytest.raises(ValueError, match="n_init"):
+        kmeans(jax.random.key(0), x, 10, n_init=0)
+
+
+def test_ten_starts_avoid_the_bad_optima_that_single_starts_hit():
+    # Ten 2-D blobs close enough that one greedy k-means++ start often merges two of them.
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(10), 20)
+    x = (rng.normal(size=(10, 2))[labels] * 8.0 + rng.normal(size=(200, 2))).astype(np.float32)
+    keys = jax.random.split(jax.random.key(1), 30)
+    singles = np.array([float(kmeans(k, x, 10, n_init=1).inertia) for k in keys])
+    assert singles.max() > 1.3 * singles.min()  # single starts do land in worse optima
+    for key in keys[:5]:
+        assert float(kmeans(key, x, 10, n_init=10).inertia) <= 1.01 * singles.min()

@@ -141,21 +141,67 @@ def test_released_variant_uses_budget_units():
     assert subpool_bounds(1, beta=1.0, **kw) == (20, 30)  # centred on 2.5 A
     assert subpool_bounds(2, beta=2.0, **kw) == (25, 45)  # centred on 3.5 A
     assert subpool_bounds(3, beta=2.0, **kw) == (80, 100)
+    # (k - 1)/A: one image of rounding slack (module doc).
     assert min_beta(min_size=10, num_cycles=4, pool_size=100, variant="released", budget=8) == (
-        1.25
+        1.125
     )
     with pytest.raises(ValueError, match="budget"):
         subpool_bounds(0, beta=1.0, num_cycles=4, pool_size=100, variant="released")
 
 
 def test_min_beta_and_its_error_names_the_minimum():
-    assert min_beta(min_size=1000, num_cycles=5, pool_size=50_000) == pytest.approx(0.1)
+    assert min_beta(min_size=1000, num_cycles=5, pool_size=50_000) == pytest.approx(0.0999)
     order = np.arange(100)
     labeled = np.zeros(100, bool)
-    # k*C/N = 10*5/100 = 0.5: allowed at the minimum, rejected below it.
-    assert len(subpool(order, labeled, cycle=1, num_cycles=5, beta=0.5, min_size=10)) == 10
-    with pytest.raises(ValueError, match=r"below its minimum 0\.5"):
-        subpool(order, labeled, cycle=1, num_cycles=5, beta=0.49, min_size=10)
+    # (k-1)*C/N = 9*5/100 = 0.45: allowed at the minimum (widened by one image), rejected below.
+    assert len(subpool(order, labeled, cycle=1, num_cycles=5, beta=0.45, min_size=10)) == 10
+    with pytest.raises(ValueError, match=r"below its minimum 0\.45"):
+        subpool(order, labeled, cycle=1, num_cycles=5, beta=0.44, min_size=10)
+
+
+@pytest.mark.parametrize(
+    ("pool_size", "k"),
+    [(68_257, 6_826), (7_057, 706), (9_999, 1_000)],  # SVHN, Caltech-101 large; the library case
+)
+def test_large_budget_rounding_shortfall_is_widened_not_refused(pool_size, k):
+    # k = round(0.1 N) > N/C: k*C/N is just above 1, yet beta = 1 (uniform sub-pools, PT4AL's
+    # equal batches) must run every cycle, each window widened by at most one image.
+    assert k * 10 / pool_size > 1 >= min_beta(min_size=k, num_cycles=10, pool_size=pool_size)
+    order = np.random.default_rng(0).permutation(pool_size)
+    labeled = np.zeros(pool_size, bool)
+    counts = np.diff(np.rint(np.linspace(0, 1, 11) * pool_size).astype(int))
+    for cycle, k_c in enumerate(counts):
+        got = subpool(order, labeled, cycle=cycle, num_cycles=10, beta=1.0, min_size=int(k_c))
+        start, stop = subpool_bounds(cycle, num_cycles=10, pool_size=pool_size, beta=1.0)
+        assert len(got) >= k_c and len(got) <= (stop - start) + 2
+        labeled[got[:k_c]] = True
+    assert labeled.all()
+
+
+def _released_reference(cycle, num_cycles, n, beta, budget):
+    """SPEC Step 3's released-code windows, bounds truncated by int() as its Python does."""
+    if cycle == 0:
+        lo, hi = 0, int(beta * budget)
+    elif cycle == num_cycles - 1:
+        lo, hi = int(n - beta * budget), n
+    else:
+        lo = int((cycle + 1.5) * budget - beta * budget / 2)
+        hi = int((cycle + 1.5) * budget + beta * budget / 2)
+    lo, hi = min(max(lo, 0), n), min(max(hi, 0), n)
+    return lo, max(lo, hi)
+
+
+@pytest.mark.parametrize(
+    ("n", "num_cycles", "budget"),
+    [(45_000, 5, 900), (45_000, 7, 2_250), (68_257, 10, 6_826), (7_057, 5, 141), (37, 10, 4)],
+)
+def test_released_windows_truncate_like_the_released_code(n, num_cycles, budget):
+    betas = [round(0.4 + 0.15 * i, 2) for i in range(17)]  # 0.4 .. 2.8, odd decimals included
+    for beta, cycle in itertools.product(betas, range(num_cycles)):
+        got = subpool_bounds(
+            cycle, num_cycles=num_cycles, pool_size=n, beta=beta, variant="released", budget=budget
+        )
+        assert got == _released_reference(cycle, num_cycles, n, beta, budget), (beta, cycle)
 
 
 @pytest.mark.parametrize(

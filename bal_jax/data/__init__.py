@@ -14,6 +14,8 @@ from bal_jax.data.digits import load_digits as load_digits
 from bal_jax.data.folder import load_folder as load_folder
 from bal_jax.data.load import DATASET_NAMES as DATASET_NAMES
 from bal_jax.data.load import load_dataset as load_dataset
+from bal_jax.data.resplit import drop_classes as drop_classes
+from bal_jax.data.resplit import resplit as resplit
 from bal_jax.data.splits import class_balanced_subset as class_balanced_subset
 from bal_jax.data.splits import split_validation as split_validation
 from bal_jax.data.tfds_source import DatasetNotPreparedError as DatasetNotPreparedError

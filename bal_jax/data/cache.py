@@ -18,6 +18,8 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 from absl import logging
 
+from bal_jax.atomic import atomic_path
+
 __all__ = [
     "default_cache_dir",
     "file_stats",
@@ -86,17 +88,9 @@ def save_npz(path: str, arrays: Mapping[str, np.ndarray]) -> bool:
       True on success; False (with a warning) if the directory is not writable or full, since a
       missing cache only costs time.
     """
-    directory = os.path.dirname(path)
     try:
-        os.makedirs(directory, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".npz")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, **arrays)
-            os.replace(tmp, path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
+        with atomic_path(path, suffix=".npz") as tmp, open(tmp, "wb") as f:
+            np.savez(f, **arrays)
     except OSError as e:
         logging.warning("Could not write cache file %s (%s); the next load decodes again.", path, e)
         return False

@@ -200,7 +200,6 @@ def cross_validate(
             images_NHWC[fit_on],
             labels_N[fit_on],
             **fit_kwargs(settings, mean, std),
-            augment=settings.augment,
             recipe=settings.recipe,
         )
         accs.append(float(train.evaluate(net, images_NHWC[held], labels_N[held], **ev)))

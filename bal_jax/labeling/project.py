@@ -215,7 +215,6 @@ class LabelingProject(ProjectStore):
             self.pool.images_NHWC[idx],
             y,
             **models.fit_kwargs(c.main, self.mean, self.std),
-            augment=c.main.augment,
             recipe=c.main.recipe,
         )
         self.log(f"trained in {time.perf_counter() - t0:.1f}s")

@@ -33,7 +33,9 @@ def normalize(images_NHWC_u8: jax.Array, *, mean: jax.Array, std: jax.Array) -> 
     return (images_NHWC_u8.astype(jnp.float32) / 255.0 - mean) / std
 
 
-def random_crop_flip(key: jax.Array, images_NHWC: jax.Array, *, padding: int = CROP_PADDING):
+def random_crop_flip(
+    key: jax.Array, images_NHWC: jax.Array, *, padding: int = CROP_PADDING, flip: bool = True
+):
     """Random crop after zero padding, then a random horizontal flip, per image.
 
     Equivalent to torchvision's ``RandomCrop(H, padding=padding)`` + ``RandomHorizontalFlip()``
@@ -43,6 +45,7 @@ def random_crop_flip(key: jax.Array, images_NHWC: jax.Array, *, padding: int = C
       key: PRNG key.
       images_NHWC: images of any dtype.
       padding: pixels of zero padding on each side before cropping.
+      flip: also flip horizontally (False: crop only, for digits and other chiral images).
 
     Returns:
       Augmented images, same shape and dtype.
@@ -55,6 +58,8 @@ def random_crop_flip(key: jax.Array, images_NHWC: jax.Array, *, padding: int = C
     crops = jax.vmap(lambda img, o: jax.lax.dynamic_slice(img, (o[0], o[1], 0), (h, w, c)))(
         padded, offsets_N2
     )
+    if not flip:
+        return crops
     return jnp.where(flip_N.reshape(n, 1, 1, 1), crops[:, :, ::-1, :], crops)
 
 

@@ -77,6 +77,7 @@ def _fit(
     progress: Callable[[int, dict], Any] | None,
     stage: str,
     recipe: Recipe = PAPER,
+    flip: bool = True,
 ) -> dict:
     key = check_key(key)
     recipe = check_recipe(recipe)
@@ -195,6 +196,7 @@ def _fit(
                 batch_sharding=batch_sharding,
                 schedule=schedule,
                 nesterov=bool(recipe.nesterov),
+                flip=bool(flip),
             )
             step_metrics.append(m)
         # The one host sync per epoch.
@@ -252,6 +254,7 @@ def fit(
     mean: Sequence[float],
     std: Sequence[float],
     augment: bool = True,
+    flip: bool = True,
     mesh: Mesh | None = None,
     progress: Callable[[int, dict], Any] | None = None,
     recipe: Recipe = PAPER,
@@ -273,6 +276,7 @@ def fit(
       mean: per-channel mean in [0, 1] units.
       std: per-channel standard deviation in [0, 1] units.
       augment: random crop (pad 4) + horizontal flip.
+      flip: with ``augment``, also flip (False: crop only, e.g. digits).
       mesh: optional ``('data',)`` mesh for data parallelism.
       progress: optional ``callable(epoch, metrics)`` called after each epoch.
       recipe: schedule shape, step floor, warm-up, label smoothing, EMA (see ``Recipe``); the
@@ -304,6 +308,7 @@ def fit(
         mean=mean,
         std=std,
         augment=augment,
+        flip=flip,
         mesh=mesh,
         progress=progress,
         stage="train",
@@ -326,6 +331,7 @@ def fit_rotation(
     mean: Sequence[float],
     std: Sequence[float],
     augment: bool = True,
+    flip: bool = True,
     mesh: Mesh | None = None,
     progress: Callable[[int, dict], Any] | None = None,
 ) -> dict:
@@ -342,7 +348,7 @@ def fit_rotation(
       model: network with a 4-way head (``rotation_net``); updated in place.
       images_NHWC_u8: (N, H, W, C) uint8 square images; no labels are used.
       epochs, batch_size, learning_rate, milestones, lr_decay, momentum, weight_decay, mean, std,
-      augment, mesh, progress: as in ``fit``.
+      augment, flip, mesh, progress: as in ``fit``.
 
     Returns:
       The metrics dict of ``fit`` (loss and rotation accuracy over views).
@@ -363,6 +369,7 @@ def fit_rotation(
         mean=mean,
         std=std,
         augment=augment,
+        flip=flip,
         mesh=mesh,
         progress=progress,
         stage="pretext",

@@ -80,6 +80,7 @@ def _train_step(
     batch_sharding: NamedSharding | None,
     schedule: str = "multistep",
     nesterov: bool = False,
+    flip: bool = True,
 ):
     """One SGD step on a uint8 batch (the body of ``train_step``).
 
@@ -98,6 +99,7 @@ def _train_step(
       batch_sharding: optional ``'data'`` sharding of the batch.
       schedule: 'multistep' or 'cosine' (see ``make_optimizer``).
       nesterov: Nesterov momentum.
+      flip: the augmentation also flips horizontally (False: crop only).
 
     The loss is cross-entropy against targets smoothed by ``hp.label_smoothing``; with
     ``state.ema`` set, the moving averages of the parameters and of the BatchNorm statistics
@@ -108,7 +110,7 @@ def _train_step(
       real rows}``.
     """
     aug_key, dropout_key = jax.random.split(key)
-    x_u8 = random_crop_flip(aug_key, images_BHWC_u8) if augment else images_BHWC_u8
+    x_u8 = random_crop_flip(aug_key, images_BHWC_u8, flip=flip) if augment else images_BHWC_u8
     if rotation:
         # Augmented once, then all four rotations of the same crop go into the batch (SPEC Step 1).
         x_u8, labels_B = rotations(x_u8)
@@ -220,6 +222,14 @@ def take_batch(
 # dispatched asynchronously, so nothing waits for the device between steps.
 train_step = jax.jit(
     _train_step,
-    static_argnames=("graphdef", "augment", "rotation", "batch_sharding", "schedule", "nesterov"),
+    static_argnames=(
+        "graphdef",
+        "augment",
+        "rotation",
+        "batch_sharding",
+        "schedule",
+        "nesterov",
+        "flip",
+    ),
     donate_argnames=("state",),
 )
