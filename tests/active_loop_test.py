@@ -9,6 +9,7 @@ from sklearn.datasets import load_digits
 from bal_jax.active_loop import ModelSpec, Split, TrainSettings, run_cycles, search_beta
 from bal_jax.checkpoint import ModelStore
 from bal_jax.methods import SelectionContext
+from bal_jax.train import Recipe
 from experiments import report
 
 MEAN, STD = (0.2,), (0.3,)
@@ -39,11 +40,10 @@ def cycles(method, pool, test, val, store=None, context=None, **kw):
         counts=(30, 30),
         context=context or SelectionContext(),
         model=SPEC,
-        settings=SETTINGS,
         mean=MEAN,
         std=STD,
         model_store=store,
-        **{"log": lambda s: None, **kw},
+        **{"log": lambda s: None, "settings": SETTINGS, **kw},
     )
 
 
@@ -61,7 +61,11 @@ def test_a_collapsed_model_is_reported_as_a_failure():
     assert "collapsed (seed 0)" in table
     assert f"{100 * records[0]['accuracy']:.1f}" not in table.split("\n")[2]
     # A healthy run on the real labels is not flagged.
-    assert not any(r["collapsed"] for r in cycles("random", pool, test, val))
+    healthy = SETTINGS._replace(
+        recipe=Recipe(schedule="cosine", min_steps=80, warmup_fraction=0.05, nesterov=True)
+    )
+    records = cycles("random", pool, test, val, settings=healthy)
+    assert not any(r["collapsed"] for r in records), [r["majority_share"] for r in records]
 
 
 def test_methods_sharing_a_labeled_set_share_its_model(tmp_path):
