@@ -273,7 +273,9 @@ def _search_beta(c, d, plan, key, context, seed_dir, store, mesh, log) -> tuple[
         report.atomic_write(path, json.dumps(state, indent=2) + "\n")
 
     result = search_beta(
-        named_key(key, "beta_search"),
+        # The seed's own key: the candidate that wins is exactly the BAL run's first cycles,
+        # so the run restores those models from the store instead of training them again.
+        key,
         candidates=plan.beta_grid,
         search_cycles=plan.search_cycles,
         pool=d.pool,
