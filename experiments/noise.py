@@ -34,11 +34,14 @@ from experiments import config as config_lib
 from experiments import report
 from experiments.pipeline import ConfigError, check_config, load_data
 
-_CONFIG = flags.DEFINE_enum("config", "cifar10_cpu", list(config_lib.PRESETS), "Preset.")
-_SIZES = flags.DEFINE_list("sizes", ["200", "1000"], "Labeled set sizes.")
-_SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2", "3", "4"], "Training seeds.")
-_RECIPES = flags.DEFINE_list("recipes", list(train.RECIPES), "Recipes to compare.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Output folder (default runs/noise_<preset>).")
+
+def define_flags() -> None:
+    """The command's flags (defined on demand: `experiments.main` owns some of the names)."""
+    flags.DEFINE_enum("config", "cifar10_cpu", list(config_lib.PRESETS), "Preset.")
+    flags.DEFINE_list("sizes", ["200", "1000"], "Labeled set sizes.")
+    flags.DEFINE_list("seeds", ["0", "1", "2", "3", "4"], "Training seeds.")
+    flags.DEFINE_list("recipes", list(train.RECIPES), "Recipes to compare.")
+    flags.DEFINE_string("workdir", None, "Output folder (default runs/noise_<preset>).")
 
 
 def labeled_set(pool_size: int, size: int, *, data_seed: int) -> np.ndarray:
@@ -115,13 +118,14 @@ def main(argv):
     if len(argv) > 1:
         sys.exit(f"error: unexpected arguments {argv[1:]}")
     logging.set_verbosity(logging.WARNING)
-    base = config_lib.PRESETS[_CONFIG.value]()
+    f = flags.FLAGS
+    base = config_lib.PRESETS[f.config]()
     try:
-        sizes = [int(s) for s in _SIZES.value]
-        seeds = [int(s) for s in _SEEDS.value]
+        sizes = [int(s) for s in f.sizes]
+        seeds = [int(s) for s in f.seeds]
     except ValueError:
         sys.exit("error: --sizes and --seeds take comma-separated integers")
-    recipes = list(_RECIPES.value)
+    recipes = list(f.recipes)
     unknown = [r for r in recipes if r not in train.RECIPES]
     if unknown:
         sys.exit(f"error: unknown recipe(s) {unknown}; choose from {', '.join(train.RECIPES)}")
@@ -135,7 +139,7 @@ def main(argv):
     bad = [s for s in sizes if not 1 <= s <= pool_size]
     if bad:
         sys.exit(f"error: --sizes {bad} do not fit the pool of {pool_size} images")
-    workdir = _WORKDIR.value or f"runs/noise_{base.preset}"
+    workdir = f.workdir or f"runs/noise_{base.preset}"
     os.makedirs(workdir, exist_ok=True)
     path = os.path.join(workdir, "noise.jsonl")
     rows = report.read_jsonl(path) if os.path.exists(path) else []
@@ -183,4 +187,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)
