@@ -64,6 +64,16 @@ class Config:
     window_variant: str = "paper"
     normalize_logits: bool = False
 
+    # Pretext task (issue 11): 'rotation' (the paper's, SPEC Step 1) or 'simclr' (instance
+    # discrimination; trained with Adam at `simclr_lr`, warm-up + cosine, for `pretext_epochs`
+    # epochs of `pretext_batch_size` images x 2 views). PT4AL needs rotation losses: the
+    # runner refuses pt4al with 'simclr'.
+    pretext: str = "rotation"
+    # Pretext features BAL clusters: 'final' (the paper's) or a global-average-pooled block
+    # of the backbone, 'block1'..'block5'.
+    feature_layer: str = "final"
+    simclr_lr: float = 1e-3
+
     @property
     def schedule(self) -> tuple[float, ...]:
         return tuple(self.fractions) if self.fractions else BUDGETS[self.budget]

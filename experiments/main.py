@@ -61,6 +61,14 @@ flags.DEFINE_enum("subpools", None, ["adaptive", "uniform"], "Ablation.")
 flags.DEFINE_enum("window_variant", None, ["paper", "released"], "Sub-pool window units.")
 flags.DEFINE_bool("normalize_logits", None, "Released code's max softmax(z/||z||).")
 flags.DEFINE_bool("warm_start", None, "Override: warm start (default small/medium) or scratch.")
+flags.DEFINE_enum("pretext", None, ["rotation", "simclr"], "Pretext task (default rotation).")
+flags.DEFINE_enum(
+    "feature_layer",
+    None,
+    ["final", "block1", "block2", "block3", "block4", "block5"],
+    "Pretext features to cluster: final (the paper's) or a pooled intermediate block.",
+)
+flags.DEFINE_float("simclr_lr", None, "Adam learning rate of the simclr pretext.")
 _DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize().")
 
 # flag name -> (Config field, parser)
@@ -96,6 +104,9 @@ _OVERRIDES = {
     "window_variant": ("window_variant", str),
     "normalize_logits": ("normalize_logits", bool),
     "warm_start": ("warm_start", bool),
+    "pretext": ("pretext", str),
+    "feature_layer": ("feature_layer", str),
+    "simclr_lr": ("simclr_lr", float),
 }
 
 

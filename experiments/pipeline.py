@@ -34,6 +34,7 @@ from absl import logging
 
 from bal_jax import data as data_lib
 from bal_jax.active_loop import (
+    PRETEXTS,
     ModelSpec,
     Split,
     TrainSettings,
@@ -44,15 +45,18 @@ from bal_jax.active_loop import (
 )
 from bal_jax.budgets import BUDGETS, cycle_counts, validate_fractions
 from bal_jax.checkpoint import ModelStore, RunCheckpointer
+from bal_jax.diagnostics import knn_accuracy
 from bal_jax.methods import (
     BAL_SAMPLERS,
     INDICATORS,
     METHODS,
+    NEEDS_BETA,
     BALOptions,
     SelectionContext,
     bal_min_beta,
     bal_order,
 )
+from bal_jax.models.vgg import FEATURE_LAYERS
 from bal_jax.parallel import make_mesh
 from bal_jax.train import RECIPES
 from experiments import report
@@ -106,6 +110,24 @@ def check_config(c: Config) -> None:
     need(
         c.beta_search_cycles <= len(c.schedule), "--beta_search_cycles exceeds the number of cycles"
     )
+    need(c.pretext in PRETEXTS, f"--pretext must be one of {', '.join(PRETEXTS)}")
+    need(
+        c.feature_layer in FEATURE_LAYERS,
+        f"--feature_layer must be one of {', '.join(FEATURE_LAYERS)}",
+    )
+    need(c.simclr_lr > 0, f"--simclr_lr must be positive, got {c.simclr_lr}")
+    if c.pretext != "rotation":
+        # PT4AL ranks by rotation losses; training a second (rotation) network just for it
+        # would double the pretext cost, so the combination is refused instead.
+        need(
+            "pt4al" not in c.methods,
+            f"pt4al ranks images by rotation losses, which --pretext={c.pretext} does not "
+            "produce; run pt4al with --pretext=rotation",
+        )
+        need(
+            c.indicator != "pretext_loss",
+            f"--indicator=pretext_loss needs rotation losses, not --pretext={c.pretext}",
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -210,7 +232,15 @@ PRETEXT_FIELDS = (
     "pretext_batch_size",
     "pretext_lr",
     "pretext_milestones",
+    "pretext",
+    "feature_layer",
+    "simclr_lr",
 )
+# Pretext settings left out of the cache key while they have their default, so that caches
+# written before they existed (rotation, final features) stay valid.
+PRETEXT_DEFAULTS = {"pretext": "rotation", "feature_layer": "final", "simclr_lr": 1e-3}
+# Neighbours of the validation-split kNN accuracy of the pretext features (issue 11).
+KNN_K = 20
 
 
 def default_pretext_dir(workdir: str) -> str:
@@ -221,7 +251,13 @@ def default_pretext_dir(workdir: str) -> str:
 def pretext_cache_dir(c: Config, pretext_dir: str) -> str:
     """The folder holding this configuration's pretext features, one file per seed."""
     fp = c.fingerprint()
-    settings = {k: fp[k] for k in PRETEXT_FIELDS}
+    settings = {
+        k: fp[k]
+        for k in PRETEXT_FIELDS
+        if k not in PRETEXT_DEFAULTS or fp[k] != PRETEXT_DEFAULTS[k]
+    }
+    if c.pretext == "rotation":
+        settings.pop("simclr_lr", None)
     blob = json.dumps(settings, sort_keys=True)
     path = os.path.join(pretext_dir, hashlib.sha256(blob.encode()).hexdigest()[:12])
     os.makedirs(path, exist_ok=True)
@@ -237,16 +273,18 @@ def _seed_context(
     """Pretext training and features (cached), K-means/CDD order for one seed."""
     model = ModelSpec(len(d.class_names), d.pool.images.shape[-1], c.width)
     path = os.path.join(pretext_cache_dir(c, pretext_dir), f"seed{seed}.npz")
+    val_feats = None
     if os.path.exists(path):
         z = np.load(path)
         feats, losses = z["features"], z["losses"]
+        val_feats = z["val_features"] if "val_features" in z.files else None
         info = json.loads(str(z["info"]))
         log(f"pretext features loaded from {path}")
     else:
         settings = TrainSettings(
             epochs=c.pretext_epochs,
             batch_size=c.pretext_batch_size,
-            learning_rate=c.pretext_lr,
+            learning_rate=c.simclr_lr if c.pretext == "simclr" else c.pretext_lr,
             milestones=c.pretext_milestones,
             eval_batch_size=c.eval_batch_size,
         )
@@ -258,12 +296,26 @@ def _seed_context(
             mean=d.mean,
             std=d.std,
             mesh=mesh,
-            progress=_progress(log, "pretext", c.pretext_epochs),
+            progress=_progress(log, f"pretext ({c.pretext})", c.pretext_epochs),
+            pretext=c.pretext,
+            feature_layer=c.feature_layer,
+            probe_images=d.val.images,
         )
-        feats, losses = outs.features_ND, outs.losses_N
+        feats, losses, val_feats = outs.features_ND, outs.losses_N, outs.probe_features_MD
         info = {f"{k}_s": round(v, 2) for k, v in outs.seconds.items()}
-        _save_npz(path, features=feats, losses=losses, info=json.dumps(info))
+        extra = {} if val_feats is None else {"val_features": val_feats}
+        _save_npz(path, features=feats, losses=losses, info=json.dumps(info), **extra)
         log(f"pretext training {info['pretext_s']:.1f}s, features {info['features_s']:.1f}s")
+    if val_feats is not None and d.val.labels.size > 1:
+        # Feature quality, measured on the labeled validation split only (issue 11).
+        k = min(KNN_K, d.val.labels.size - 1)
+        info["val_knn"] = round(knn_accuracy(val_feats, np.asarray(d.val.labels), k=k), 4)
+        log(
+            f"pretext features ({c.pretext}, {c.feature_layer}): leave-one-out {k}-NN accuracy "
+            f"{100 * info['val_knn']:.1f}% on the {d.val.labels.size} validation images"
+        )
+    elif val_feats is None:
+        log("no validation features in this pretext cache (written before issue 11): no kNN")
     t0 = time.perf_counter()
     order = bal_order(
         named_key(key, "kmeans"),
@@ -294,8 +346,10 @@ def _seed_context(
     return context, info
 
 
-def _search_beta(c, d, key, context, counts, seed_dir, store, mesh, log) -> tuple[float, dict]:
-    path = os.path.join(seed_dir, "beta.json")
+def _search_beta(
+    c, d, key, context, counts, seed_dir, store, mesh, log, method="bal"
+) -> tuple[float, dict]:
+    path = os.path.join(seed_dir, "beta.json" if method == "bal" else f"beta_{method}.json")
     state = {"scores": {}}
     if os.path.exists(path):
         with open(path) as f:
@@ -325,6 +379,7 @@ def _search_beta(c, d, key, context, counts, seed_dir, store, mesh, log) -> tupl
         on_score=on_score,
         mesh=mesh,
         log=log,
+        method=method,
     )
     state.update(beta=result.beta, seconds=round(result.seconds + state.get("seconds", 0.0), 2))
     report.atomic_write(path, json.dumps(state, indent=2) + "\n")
@@ -368,7 +423,7 @@ def run_experiment(
         counts = cycle_counts(c.schedule, pool_size=pool_size)
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    if c.beta is not None and "bal" in c.methods and c.subpools == "adaptive":
+    if c.beta is not None and NEEDS_BETA & set(c.methods) and c.subpools == "adaptive":
         options = BALOptions(window_variant=c.window_variant)
         lowest = bal_min_beta(counts, pool_size=pool_size, options=options)
         if c.beta < lowest:
@@ -402,7 +457,7 @@ def run_experiment(
         seed_dir = os.path.join(workdir, f"seed{seed}")
         os.makedirs(seed_dir, exist_ok=True)
         store = ModelStore(os.path.join(seed_dir, "models"))
-        needs_pretext = any(m in ("bal", "pt4al", "typiclust") for m in c.methods)
+        needs_pretext = any(m in ("bal", "pt4al", "typiclust", "bal_typical") for m in c.methods)
         context, info = (
             _seed_context(c, d, key, seed, pretext_dir, mesh, log)
             if needs_pretext
@@ -412,11 +467,21 @@ def run_experiment(
         if "bal" in c.methods and c.beta is None and c.subpools == "adaptive":
             beta, beta_state = _search_beta(c, d, key, context, counts, seed_dir, store, mesh, log)
             context = context._replace(beta=beta)
+        # The variant gets its own Eq. 9 search (its later-cycle sampler differs).
+        variant_beta = {}
+        if "bal_typical" in c.methods and c.beta is None:
+            variant_beta["bal_typical"], variant_state = _search_beta(
+                c, d, key, context, counts, seed_dir, store, mesh, log, method="bal_typical"
+            )
+            info["bal_typical_beta"] = variant_beta["bal_typical"]
+            info["bal_typical_beta_search_s"] = variant_state.get("seconds")
         meta["seeds"][seed] = {"phases": info, "beta": context.beta, "beta_search": beta_state}
+        base_context = context
         for method in c.methods:
+            context = base_context._replace(beta=variant_beta.get(method, base_context.beta))
             ckpt = RunCheckpointer(os.path.join(seed_dir, method))
             extra = {"seed": seed, "dataset": d.name, "budget": c.budget_name}
-            if method == "bal":
+            if method in NEEDS_BETA:
                 extra["beta"] = context.beta
 
             def finish(record, extra=extra):
@@ -484,12 +549,14 @@ def _recipe_text(c: Config) -> str:
 def write_reports(c: Config, d: Data, records: list[dict], meta: dict, workdir: str) -> None:
     table = report.accuracy_table(records, c.methods)
     paired = report.paired_difference_table(records, "bal", c.methods)
+    variant_paired = report.paired_difference_table(records, "bal_typical", c.methods)
     lines = [
         f"# BAL on {d.name}, {c.budget_name} budget",
         "",
         table,
         "",
         *([paired, ""] if paired else []),
+        *([variant_paired, ""] if variant_paired else []),
         f"Pool {d.pool.images.shape[0]} images, validation {d.val.images.shape[0]} "
         f"(beta search only), test {d.test.images.shape[0]} (reported only). "
         "Reported model: last epoch of each cycle.",
@@ -510,6 +577,30 @@ def write_reports(c: Config, d: Data, records: list[dict], meta: dict, workdir: 
             f"| {seed} | {beta} | {scores or 'given'} | {bs.get('seconds', '–')} "
             f"| {ph.get('pretext_s', '–')} | {ph.get('features_s', '–')} "
             f"| {ph.get('clustering_s', '–')} |"
+        )
+    quality = {
+        s: m["phases"]["val_knn"]
+        for s, m in meta["seeds"].items()
+        if m.get("phases") and "val_knn" in m["phases"]
+    }
+    if quality:
+        lines += [
+            "",
+            f"Pretext features: `{c.pretext}`, layer `{c.feature_layer}`; leave-one-out "
+            f"{KNN_K}-NN accuracy on the validation split (feature quality, no pool labels): "
+            + ", ".join(f"seed {s} {100 * v:.1f}%" for s, v in quality.items())
+            + ".",
+        ]
+    variant = {
+        s: m["phases"]["bal_typical_beta"]
+        for s, m in meta["seeds"].items()
+        if "bal_typical_beta" in (m.get("phases") or {})
+    }
+    if variant:
+        lines.append(
+            "bal_typical's own beta (Eq. 9 search): "
+            + ", ".join(f"seed {s} {b:g}" for s, b in variant.items())
+            + "."
         )
     secs: dict[str, float] = {}
     for r in records:
