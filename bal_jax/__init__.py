@@ -5,9 +5,10 @@
     picked = bal_jax.bal_select(key, order=order, labeled_mask=labeled_N, cycle=c,
                                 num_cycles=5, k=1000, beta=1.2, probs=probs_NC)
 
-Submodules: `kmeans`, `subpools`, `sampling`, `methods`, `budgets`, `models`, `train`,
-`data`, `parallel`, `active_loop`, `checkpoint`, `labeling` (`LabelingProject`: label your
-own images round by round).
+Submodules: `kmeans`, `subpools`, `sampling`, `methods`, `typical` (the `bal_typical`
+variant), `diagnostics` (feature quality), `budgets`, `models`, `train`, `data`, `parallel`,
+`active_loop`, `checkpoint`, `labeling` (`LabelingProject`: label your own images round by
+round).
 """
 
 from bal_jax import data as data
@@ -15,6 +16,8 @@ from bal_jax import sampling as sampling
 from bal_jax import train as train
 from bal_jax.budgets import budget_fractions as budget_fractions
 from bal_jax.budgets import cycle_counts as cycle_counts
+from bal_jax.diagnostics import kmeans_purity as kmeans_purity
+from bal_jax.diagnostics import knn_accuracy as knn_accuracy
 from bal_jax.kmeans import KMeansResult as KMeansResult
 from bal_jax.kmeans import cdd as cdd
 from bal_jax.kmeans import cdd_order as cdd_order
@@ -41,5 +44,6 @@ from bal_jax.train import fit_rotation as fit_rotation
 from bal_jax.train import predict as predict
 from bal_jax.train import predict_mc_dropout as predict_mc_dropout
 from bal_jax.train import rotation_losses as rotation_losses
+from bal_jax.typical import bal_typical_select as bal_typical_select
 
 __version__ = "0.1.0"

@@ -30,6 +30,7 @@ from bal_jax import train
 from bal_jax.checkpoint import ModelStore, RunCheckpointer
 from bal_jax.methods import (
     HOT_START,
+    NEEDS_BETA,
     NEEDS_FEATURES,
     NEEDS_MC_DROPOUT,
     NEEDS_PROBS,
@@ -89,8 +90,14 @@ class TrainSettings(NamedTuple):
 
 class PretextOutputs(NamedTuple):
     features_ND: np.ndarray
-    losses_N: np.ndarray
+    losses_N: np.ndarray  # rotation losses (PT4AL); NaN for pretexts without them
     seconds: dict[str, float]  # {"pretext": training, "features": features + losses}
+    probe_features_MD: np.ndarray | None = None  # features of `probe_images`, if given
+
+
+# Pretext tasks of `pretext_outputs`: the paper's rotation prediction (SPEC Step 1) and
+# SimCLR instance discrimination (issue 11).
+PRETEXTS = ("rotation", "simclr")
 
 
 def named_key(key: jax.Array, name: str) -> jax.Array:
@@ -172,50 +179,79 @@ def pretext_outputs(
     mesh=None,
     progress: Callable | None = None,
     feature_view: str = "upright",
+    pretext: str = "rotation",
+    feature_layer: str = "final",
+    probe_images: np.ndarray | None = None,
 ) -> PretextOutputs:
-    """SPEC Steps 1-2 inputs: trains the rotation network, returns pool features and losses.
-
-    Features are taken before the 4-way classifier, of the upright image (the paper's
-    choice) or, with ``feature_view="random_rotation"``, of one view turned by a random
-    multiple of 90 degrees per image (the released code; drawn from `key`). Losses are the
-    per-image rotation losses over all four views, which PT4AL sorts by.
+    """SPEC Steps 1-2 inputs: trains the pretext network, returns pool features and losses.
 
     Args:
-      key: PRNG key of the pretext stage (initialisation, training, feature views).
-      images: (N, H, W, C) uint8 pool images, square.
-      model: the backbone's shape (its head is replaced by the 4-way rotation head).
-      settings: the pretext optimisation settings (SPEC Step 1).
+      key: PRNG key of the pretext network's initialisation and training.
+      images: (N, H, W, C) uint8 pool (no labels are used).
+      model: the backbone's shape (``num_classes`` is ignored: the pretext has its own head).
+      settings: the pretext's optimisation settings (for 'simclr': epochs, batch size and
+        the Adam learning rate; milestones are not used, the schedule is warm-up + cosine).
       mean, std: per-channel normalisation.
-      mesh: device mesh for data parallelism.
-      progress: called after each epoch.
-      feature_view: one of `FEATURE_VIEWS`.
+      mesh: optional device mesh.
+      progress: ``callable(epoch, metrics)`` per epoch.
+      pretext: 'rotation' (the paper's, SPEC Step 1) or 'simclr' (``fit_contrastive``).
+      feature_layer: 'final' (the paper's penultimate features, of the upright image) or a
+        global-average-pooled block ('block1'..'block5', ``VGG16.layer_features``).
+      probe_images: optional (M, H, W, C) uint8 images (the validation split) whose features
+        are returned too, for the feature-quality diagnostic.
+      feature_view: one of `FEATURE_VIEWS`: 'upright' (the paper's) or 'random_rotation' (the
+        released code: each pool image turned by a random multiple of 90 degrees, drawn from
+        `key`).
 
     Returns:
-      PretextOutputs(features (N, D), losses (N,), seconds per phase).
+      ``PretextOutputs``: pool features, per-image rotation losses (what PT4AL sorts by; NaN
+      for 'simclr', which has none), timings, probe features.
     """
     if feature_view not in FEATURE_VIEWS:
         raise ValueError(f"feature_view must be one of {FEATURE_VIEWS}, got {feature_view!r}")
-    net = VGG16(
-        4, in_channels=model.in_channels, width=model.width, rngs=nnx.Rngs(named_key(key, "init"))
-    )
+    if pretext not in PRETEXTS:
+        raise ValueError(f"unknown pretext {pretext!r}; choose one of {PRETEXTS}")
+    init = nnx.Rngs(named_key(key, "init"))
     t0 = time.perf_counter()
-    train.fit_rotation(
-        named_key(key, "train"),
-        net,
-        images,
-        **fit_kwargs(settings, mean, std, mesh),
-        progress=progress,
-    )
+    if pretext == "rotation":
+        net = VGG16(4, in_channels=model.in_channels, width=model.width, rngs=init)
+        train.fit_rotation(
+            named_key(key, "train"),
+            net,
+            images,
+            **fit_kwargs(settings, mean, std, mesh),
+            progress=progress,
+        )
+    else:
+        net = train.ContrastiveNet(in_channels=model.in_channels, width=model.width, rngs=init)
+        train.fit_contrastive(
+            named_key(key, "train"),
+            net,
+            images,
+            epochs=settings.epochs,
+            batch_size=settings.batch_size,
+            learning_rate=settings.learning_rate,
+            mean=mean,
+            std=std,
+            mesh=mesh,
+            progress=progress,
+        )
     t1 = time.perf_counter()
     ev = dict(batch_size=settings.eval_batch_size, mean=mean, std=std, mesh=mesh)
     views = images
     if feature_view == "random_rotation":
         turns = jax.random.randint(named_key(key, "feature_view"), (images.shape[0],), 0, 4)
         views = rotate_each(np.asarray(images), np.asarray(turns))
-    features = np.asarray(train.predict(net, views, **ev).features_ND)
-    losses = np.asarray(train.rotation_losses(net, images, **ev))
+    features = np.asarray(train.predict_features(net, views, layer=feature_layer, **ev))
+    probe = None
+    if probe_images is not None:
+        probe = np.asarray(train.predict_features(net, probe_images, layer=feature_layer, **ev))
+    if pretext == "rotation":
+        losses = np.asarray(train.rotation_losses(net, images, **ev))
+    else:
+        losses = np.full((images.shape[0],), np.nan, np.float32)
     seconds = {"pretext": t1 - t0, "features": time.perf_counter() - t1}
-    return PretextOutputs(features, losses, seconds)
+    return PretextOutputs(features, losses, seconds, probe)
 
 
 def _predict_pool(
@@ -311,7 +347,7 @@ def run_cycles(
     num_cycles = len(counts)
     if sum(counts) > pool_size:
         raise ValueError(f"the budget ({sum(counts)} images) exceeds the pool ({pool_size})")
-    if method == "bal" and not context.bal_options.uniform_subpools:
+    if method in NEEDS_BETA and not (method == "bal" and context.bal_options.uniform_subpools):
         lowest = bal_min_beta(counts, pool_size=pool_size, options=context.bal_options)
         if context.beta is None or context.beta < lowest:
             raise ValueError(f"beta={context.beta} is below its minimum {lowest:.4g} ((k-1)*C/N)")
@@ -521,6 +557,7 @@ def search_beta(
     on_score: Callable[[float, float], None] | None = None,
     mesh=None,
     log: Callable[[str], None] = print,
+    method: str = "bal",
 ) -> BetaSearch:
     """Paper Eq. 9: beta* = argmax_beta validation accuracy after the early cycles.
 
@@ -532,6 +569,7 @@ def search_beta(
       model_store: shared trained models (see `run_cycles`): candidates whose first cycles
         label the same images train once.
       done: scores already measured (resuming a search); `on_score` is called per new one.
+      method: the method whose sub-pools beta shapes ('bal' or its variant 'bal_typical').
     """
     pool_size = pool.images.shape[0]
     lowest = bal_min_beta(counts, pool_size=pool_size, options=context.bal_options)
@@ -547,7 +585,7 @@ def search_beta(
             continue
         records = run_cycles(
             key,
-            method="bal",
+            method=method,
             pool=pool,
             evaluation=validation,
             counts=counts,
@@ -573,6 +611,7 @@ def search_beta(
 __all__ = [
     "AUGMENTATIONS",
     "FEATURE_VIEWS",
+    "PRETEXTS",
     "PRETEXT_CODE_VERSION",
     "BALOptions",
     "BetaSearch",

@@ -22,6 +22,7 @@ import numpy as np
 
 from bal_jax import sampling, subpools
 from bal_jax.kmeans import cdd, kmeans, pairwise_sq_dists
+from bal_jax.typical import bal_typical_select
 
 METHODS = (
     "bal",
@@ -34,12 +35,15 @@ METHODS = (
     "dbal",
     "badge",
     "typiclust",
+    "bal_typical",
 )
 # Methods that choose their own first labeled set; the rest start from a random set that
 # is shared by all of them for a given seed.
-HOT_START = frozenset({"bal", "pt4al", "typiclust"})
+HOT_START = frozenset({"bal", "pt4al", "typiclust", "bal_typical"})
 # What each method needs from the main model of the previous cycle.
-NEEDS_PROBS = frozenset({"bal", "pt4al", "confidence", "entropy", "margin", "badge"})
+NEEDS_PROBS = frozenset({"bal", "pt4al", "confidence", "entropy", "margin", "badge", "bal_typical"})
+# Methods that draw from BAL's sub-pools and so need a beta (paper Eq. 9).
+NEEDS_BETA = frozenset({"bal", "bal_typical"})
 NEEDS_FEATURES = frozenset({"coreset", "badge"})
 NEEDS_MC_DROPOUT = frozenset({"dbal"})
 
@@ -378,6 +382,19 @@ def select(
             probs=preds.probs_NC,
             logits=preds.logits_NC,
             normalize_logits=context.pt4al_normalize_logits,
+        )
+    if method == "bal_typical":
+        return bal_typical_select(
+            key,
+            order=context.bal_order,
+            feats_ND=context.pretext_features_ND,
+            labeled_mask=labeled_mask,
+            cycle=cycle,
+            num_cycles=num_cycles,
+            k=k,
+            beta=context.beta,
+            probs=preds.probs_NC,
+            window_variant=context.bal_options.window_variant,
         )
     if method == "typiclust":
         return np.asarray(

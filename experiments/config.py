@@ -79,6 +79,15 @@ class Config:
     fractions_of: str = "pool"  # budget fractions of the "pool" or the whole "train" set
     drop_classes: tuple[str, ...] = ()  # e.g. Caltech-101's background_google
     resplit_test_fraction: float | None = None  # pool train+test, draw a new test split
+    # Pretext task (issue 11): 'rotation' (the paper's, SPEC Step 1) or 'simclr' (instance
+    # discrimination; trained with Adam at `simclr_lr`, warm-up + cosine, for `pretext_epochs`
+    # epochs of `pretext_batch_size` images x 2 views). PT4AL needs rotation losses: the
+    # runner refuses pt4al with 'simclr'.
+    pretext: str = "rotation"
+    # Pretext features BAL clusters: 'final' (the paper's) or a global-average-pooled block
+    # of the backbone, 'block1'..'block5'.
+    feature_layer: str = "final"
+    simclr_lr: float = 1e-3
 
     @property
     def schedule(self) -> tuple[float, ...]:

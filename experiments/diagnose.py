@@ -1,11 +1,14 @@
 r"""How good are the pretext features BAL clusters? A check that needs no training.
 
     python -m experiments.diagnose --config=cifar10_cpu --seeds=0,1,2
+    python -m experiments.diagnose --config=cifar10_cpu --pretext=simclr --pretext_epochs=30 \
+        --feature_layer=block4 --seeds=0          # the features of that run's settings
 
 For each seed, reads the cached pretext features of the run's settings (the runner's
 `--pretext_dir`, default `pretext/` beside `--workdir`) and clusters them, and the raw pixels as a
 reference, with BAL's own K-means (K = the number of classes). It prints how well the
-clusters match the true classes (purity, normalised mutual information) and how the classes
+features know the true classes (leave-one-out 20-NN accuracy, cosine) and how well the clusters
+match them (purity, normalised mutual information) and how the classes
 spread along BAL's CDD order: the share of the most frequent class in the first and last
 tenth of the order (the first sub-pools BAL draws from are at the start). The labels are
 used here for diagnosis only; BAL never sees them.
@@ -19,40 +22,14 @@ import jax
 import numpy as np
 from absl import app, flags, logging
 
+from bal_jax.diagnostics import knn_accuracy, nmi, pooled_pixels, purity
 from bal_jax.kmeans import cdd_order, kmeans
 from experiments import main as runner
 from experiments.pipeline import ConfigError, default_pretext_dir, load_data, pretext_cache_dir
 
 
-def purity(labels_N: np.ndarray, clusters_N: np.ndarray) -> float:
-    """Share of points whose cluster's majority class is their class."""
-    table = _contingency(labels_N, clusters_N)
-    return float(table.max(axis=0).sum() / labels_N.size)
-
-
-def nmi(labels_N: np.ndarray, clusters_N: np.ndarray) -> float:
-    """Normalised mutual information, arithmetic normalisation (scikit-learn's default)."""
-    p = _contingency(labels_N, clusters_N) / labels_N.size
-    py, pc = p.sum(1), p.sum(0)
-    nz = p > 0
-    mi = float(np.sum(p[nz] * np.log(p[nz] / np.outer(py, pc)[nz])))
-    h = [-float(np.sum(q[q > 0] * np.log(q[q > 0]))) for q in (py, pc)]
-    return 1.0 if sum(h) == 0 else mi / (0.5 * sum(h))
-
-
-def _contingency(labels_N, clusters_N) -> np.ndarray:
-    labels_N, clusters_N = np.asarray(labels_N), np.asarray(clusters_N)
-    if labels_N.shape != clusters_N.shape or labels_N.ndim != 1 or labels_N.size == 0:
-        raise ValueError("labels and clusters must be non-empty 1-D arrays of one length")
-    _, y = np.unique(labels_N, return_inverse=True)
-    _, c = np.unique(clusters_N, return_inverse=True)
-    table = np.zeros((y.max() + 1, c.max() + 1))
-    np.add.at(table, (y, c), 1)
-    return table
-
-
 def describe(key, feats_ND: np.ndarray, labels_N: np.ndarray, num_classes: int) -> dict:
-    """Purity, NMI and the class shares at both ends of the CDD order, for one feature set."""
+    """20-NN accuracy, purity, NMI and the class shares at both ends of the CDD order."""
     result = kmeans(key, feats_ND, num_classes)
     clusters = np.asarray(result.assignments)
     order = np.asarray(cdd_order(feats_ND, result.centers))
@@ -62,6 +39,7 @@ def describe(key, feats_ND: np.ndarray, labels_N: np.ndarray, num_classes: int) 
         return float(np.bincount(labels_N[idx], minlength=num_classes).max() / idx.size)
 
     return {
+        "knn": knn_accuracy(feats_ND, labels_N, k=20),
         "purity": purity(labels_N, clusters),
         "nmi": nmi(labels_N, clusters),
         "first_tenth_largest_class": largest_share(order[:tenth]),
@@ -87,10 +65,11 @@ def main(argv):
     mean = np.asarray(d.mean, np.float32)
     std = np.asarray(d.std, np.float32)
     pixels = ((d.pool.images.astype(np.float32) / 255.0 - mean) / std).reshape(labels.size, -1)
+    pooled = pooled_pixels(d.pool.images, size=8, mean=mean, std=std)
     rows = [
-        "| features | seed | K-means purity | NMI | largest class in first 10% of CDD order "
-        "| ... in last 10% |",
-        "|---|---|---|---|---|---|",
+        "| features | seed | 20-NN acc. | K-means purity | NMI | largest class in first 10% of "
+        "CDD order | ... in last 10% |",
+        "|---|---|---|---|---|---|---|",
     ]
     for seed in cfg.seeds:
         path = f"{cache}/seed{seed}.npz"
@@ -100,10 +79,18 @@ def main(argv):
         except FileNotFoundError:
             sys.exit(f"error: no pretext features at {path}; run experiments.main first")
         key = jax.random.key(seed)
-        for name, x in ((f"pretext (width {cfg.width:g})", feats), ("raw pixels", pixels)):
+        label = f"pretext (width {cfg.width:g})"
+        if (cfg.pretext, cfg.feature_layer) != ("rotation", "final"):
+            label = f"pretext {cfg.pretext}, {cfg.feature_layer} (width {cfg.width:g})"
+        for name, x in (
+            (label, feats),
+            ("raw pixels", pixels),
+            ("raw pixels, 8x8 average-pooled", pooled),
+        ):
             r = describe(key, x, labels, num_classes)
             rows.append(
-                f"| {name} | {seed} | {100 * r['purity']:.1f}% | {r['nmi']:.3f} "
+                f"| {name} | {seed} | {100 * r['knn']:.1f}% | {100 * r['purity']:.1f}% "
+                f"| {r['nmi']:.3f} "
                 f"| {100 * r['first_tenth_largest_class']:.1f}% "
                 f"| {100 * r['last_tenth_largest_class']:.1f}% |"
             )

@@ -77,6 +77,14 @@ flags.DEFINE_integer("window_budget", None, "A of --window_variant=released (its
 flags.DEFINE_enum("fractions_of", None, ["pool", "train"], "What budget fractions are of.")
 flags.DEFINE_list("drop_classes", None, "Class names to drop, e.g. background_google.")
 flags.DEFINE_float("resplit_test_fraction", None, "Pool train+test and draw this test share.")
+flags.DEFINE_enum("pretext", None, ["rotation", "simclr"], "Pretext task (default rotation).")
+flags.DEFINE_enum(
+    "feature_layer",
+    None,
+    ["final", "block1", "block2", "block3", "block4", "block5"],
+    "Pretext features to cluster: final (the paper's) or a pooled intermediate block.",
+)
+flags.DEFINE_float("simclr_lr", None, "Adam learning rate of the simclr pretext.")
 _DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize().")
 
 # flag name -> (Config field, parser)
@@ -122,6 +130,9 @@ _OVERRIDES = {
     "fractions_of": ("fractions_of", str),
     "drop_classes": ("drop_classes", lambda v: tuple(x.strip() for x in v if x.strip())),
     "resplit_test_fraction": ("resplit_test_fraction", float),
+    "pretext": ("pretext", str),
+    "feature_layer": ("feature_layer", str),
+    "simclr_lr": ("simclr_lr", float),
 }
 
 

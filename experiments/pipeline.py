@@ -44,7 +44,8 @@ from bal_jax.active_loop import (
 )
 from bal_jax.atomic import atomic_path
 from bal_jax.checkpoint import ModelStore, RunCheckpointer
-from bal_jax.methods import SelectionContext, bal_order
+from bal_jax.diagnostics import knn_accuracy
+from bal_jax.methods import NEEDS_BETA, SelectionContext, bal_order
 from bal_jax.parallel import make_mesh
 from bal_jax.train import RECIPES
 from experiments import report
@@ -171,7 +172,15 @@ PRETEXT_FIELDS = (
     "pretext_milestones",
     "pretext_feature",
     "augment",
+    "pretext",
+    "feature_layer",
+    "simclr_lr",
 )
+# Pretext settings left out of the cache key while they have their default, so that caches
+# written before they existed (rotation, final features) stay valid.
+PRETEXT_DEFAULTS = {"pretext": "rotation", "feature_layer": "final", "simclr_lr": 1e-3}
+# Neighbours of the validation-split kNN accuracy of the pretext features (issue 11).
+KNN_K = 20
 
 
 def default_pretext_dir(workdir: str) -> str:
@@ -182,7 +191,13 @@ def default_pretext_dir(workdir: str) -> str:
 def pretext_cache_dir(c: Config, pretext_dir: str) -> str:
     """The folder holding this configuration's pretext features, one file per seed."""
     fp = c.fingerprint()
-    settings = {k: fp[k] for k in PRETEXT_FIELDS}
+    settings = {
+        k: fp[k]
+        for k in PRETEXT_FIELDS
+        if k not in PRETEXT_DEFAULTS or fp[k] != PRETEXT_DEFAULTS[k]
+    }
+    if c.pretext == "rotation":
+        settings.pop("simclr_lr", None)
     # Features of older pretext code are never reused (bump PRETEXT_CODE_VERSION on changes).
     settings["pretext_code_version"] = PRETEXT_CODE_VERSION
     blob = json.dumps(settings, sort_keys=True)
@@ -203,16 +218,18 @@ def _seed_context(
     pretext_seed = seed if c.pretext_seed is None else c.pretext_seed
     pretext_key = jax.random.key(pretext_seed)
     path = os.path.join(pretext_cache_dir(c, pretext_dir), f"seed{pretext_seed}.npz")
+    val_feats = None
     if os.path.exists(path):
         z = np.load(path)
         feats, losses = z["features"], z["losses"]
+        val_feats = z["val_features"] if "val_features" in z.files else None
         info = json.loads(str(z["info"]))
         log(f"pretext features loaded from {path}")
     else:
         settings = TrainSettings(
             epochs=c.pretext_epochs,
             batch_size=c.pretext_batch_size,
-            learning_rate=c.pretext_lr,
+            learning_rate=c.simclr_lr if c.pretext == "simclr" else c.pretext_lr,
             milestones=c.pretext_milestones,
             augment=c.augment,
             eval_batch_size=c.eval_batch_size,
@@ -225,13 +242,27 @@ def _seed_context(
             mean=d.mean,
             std=d.std,
             mesh=mesh,
-            progress=_progress(log, "pretext", c.pretext_epochs),
+            progress=_progress(log, f"pretext ({c.pretext})", c.pretext_epochs),
             feature_view=c.pretext_feature,
+            pretext=c.pretext,
+            feature_layer=c.feature_layer,
+            probe_images=d.val.images,
         )
-        feats, losses = outs.features_ND, outs.losses_N
+        feats, losses, val_feats = outs.features_ND, outs.losses_N, outs.probe_features_MD
         info = {f"{k}_s": round(v, 2) for k, v in outs.seconds.items()}
-        _save_npz(path, features=feats, losses=losses, info=json.dumps(info))
+        extra = {} if val_feats is None else {"val_features": val_feats}
+        _save_npz(path, features=feats, losses=losses, info=json.dumps(info), **extra)
         log(f"pretext training {info['pretext_s']:.1f}s, features {info['features_s']:.1f}s")
+    if val_feats is not None and d.val.labels.size > 1:
+        # Feature quality, measured on the labeled validation split only (issue 11).
+        k = min(KNN_K, d.val.labels.size - 1)
+        info["val_knn"] = round(knn_accuracy(val_feats, np.asarray(d.val.labels), k=k), 4)
+        log(
+            f"pretext features ({c.pretext}, {c.feature_layer}): leave-one-out {k}-NN accuracy "
+            f"{100 * info['val_knn']:.1f}% on the {d.val.labels.size} validation images"
+        )
+    elif val_feats is None:
+        log("no validation features in this pretext cache (written before issue 11): no kNN")
     t0 = time.perf_counter()
     order = bal_order(
         named_key(key, "kmeans"),
@@ -259,8 +290,10 @@ def _seed_context(
     return context, info
 
 
-def _search_beta(c, d, plan, key, context, seed_dir, store, mesh, log) -> tuple[float, dict]:
-    path = os.path.join(seed_dir, "beta.json")
+def _search_beta(
+    c, d, plan, key, context, seed_dir, store, mesh, log, method="bal"
+) -> tuple[float, dict]:
+    path = os.path.join(seed_dir, "beta.json" if method == "bal" else f"beta_{method}.json")
     state = {"scores": {}}
     if os.path.exists(path):
         with open(path) as f:
@@ -292,6 +325,7 @@ def _search_beta(c, d, plan, key, context, seed_dir, store, mesh, log) -> tuple[
         on_score=on_score,
         mesh=mesh,
         log=log,
+        method=method,
     )
     state.update(beta=result.beta, seconds=round(result.seconds + state.get("seconds", 0.0), 2))
     report.atomic_write(path, json.dumps(state, indent=2) + "\n")
@@ -382,7 +416,7 @@ def run_experiment(
         seed_dir = os.path.join(workdir, f"seed{seed}")
         os.makedirs(seed_dir, exist_ok=True)
         store = ModelStore(os.path.join(seed_dir, "models"))
-        needs_pretext = any(m in ("bal", "pt4al", "typiclust") for m in c.methods)
+        needs_pretext = any(m in ("bal", "pt4al", "typiclust", "bal_typical") for m in c.methods)
         context, info = (
             _seed_context(c, d, plan, key, seed, pretext_dir, mesh, log)
             if needs_pretext
@@ -392,11 +426,21 @@ def run_experiment(
         if "bal" in c.methods and c.beta is None and c.subpools == "adaptive":
             beta, beta_state = _search_beta(c, d, plan, key, context, seed_dir, store, mesh, log)
             context = context._replace(beta=beta)
+        # The variant gets its own Eq. 9 search (its later-cycle sampler differs).
+        variant_beta = {}
+        if "bal_typical" in c.methods and c.beta is None and c.subpools == "adaptive":
+            variant_beta["bal_typical"], variant_state = _search_beta(
+                c, d, plan, key, context, seed_dir, store, mesh, log, method="bal_typical"
+            )
+            info["bal_typical_beta"] = variant_beta["bal_typical"]
+            info["bal_typical_beta_search_s"] = variant_state.get("seconds")
         meta["seeds"][seed] = {"phases": info, "beta": context.beta, "beta_search": beta_state}
+        base_context = context
         for method in c.methods:
+            context = base_context._replace(beta=variant_beta.get(method, base_context.beta))
             ckpt = RunCheckpointer(os.path.join(seed_dir, method))
             extra = {"seed": seed, "dataset": d.name, "budget": c.budget_name}
-            if method == "bal":
+            if method in NEEDS_BETA:
                 extra["beta"] = context.beta
 
             def finish(record, extra=extra):
@@ -466,12 +510,14 @@ def write_reports(
 ) -> None:
     table = report.accuracy_table(records, c.methods)
     paired = report.paired_difference_table(records, "bal", c.methods)
+    variant_paired = report.paired_difference_table(records, "bal_typical", c.methods)
     lines = [
         f"# BAL on {d.name}, {c.budget_name} budget",
         "",
         table,
         "",
         *([paired, ""] if paired else []),
+        *([variant_paired, ""] if variant_paired else []),
         f"Pool {d.pool.images.shape[0]} images, validation {d.val.images.shape[0]} "
         f"(beta search only), test {d.test.images.shape[0]} (reported only). "
         "Reported model: last epoch of each cycle.",
@@ -496,6 +542,30 @@ def write_reports(
             f"| {seed} | {beta} | {scores or 'given'} | {bs.get('seconds', '–')} "
             f"| {ph.get('pretext_s', '–')} | {ph.get('features_s', '–')} "
             f"| {ph.get('clustering_s', '–')} |"
+        )
+    quality = {
+        s: m["phases"]["val_knn"]
+        for s, m in meta["seeds"].items()
+        if m.get("phases") and "val_knn" in m["phases"]
+    }
+    if quality:
+        lines += [
+            "",
+            f"Pretext features: `{c.pretext}`, layer `{c.feature_layer}`; leave-one-out "
+            f"{KNN_K}-NN accuracy on the validation split (feature quality, no pool labels): "
+            + ", ".join(f"seed {s} {100 * v:.1f}%" for s, v in quality.items())
+            + ".",
+        ]
+    variant = {
+        s: m["phases"]["bal_typical_beta"]
+        for s, m in meta["seeds"].items()
+        if "bal_typical_beta" in (m.get("phases") or {})
+    }
+    if variant:
+        lines.append(
+            "bal_typical's own beta (Eq. 9 search): "
+            + ", ".join(f"seed {s} {b:g}" for s, b in variant.items())
+            + "."
         )
     secs: dict[str, float] = {}
     for r in records:

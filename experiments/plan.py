@@ -13,9 +13,17 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from bal_jax.active_loop import AUGMENTATIONS, FEATURE_VIEWS
+from bal_jax.active_loop import AUGMENTATIONS, FEATURE_VIEWS, PRETEXTS
 from bal_jax.budgets import BUDGETS, cycle_counts, search_cycles, validate_fractions
-from bal_jax.methods import BAL_SAMPLERS, INDICATORS, METHODS, BALOptions, bal_min_beta
+from bal_jax.methods import (
+    BAL_SAMPLERS,
+    INDICATORS,
+    METHODS,
+    NEEDS_BETA,
+    BALOptions,
+    bal_min_beta,
+)
+from bal_jax.models.vgg import FEATURE_LAYERS
 from bal_jax.train import RECIPES
 from experiments.config import Config
 
@@ -72,6 +80,24 @@ def check_config(c: Config) -> None:
         f"--pretext_seed must be >= 0, got {c.pretext_seed}",
     )
     need(c.val_size >= 1, f"--val_size must be at least 1, got {c.val_size}")
+    need(c.pretext in PRETEXTS, f"--pretext must be one of {', '.join(PRETEXTS)}")
+    need(
+        c.feature_layer in FEATURE_LAYERS,
+        f"--feature_layer must be one of {', '.join(FEATURE_LAYERS)}",
+    )
+    need(c.simclr_lr > 0, f"--simclr_lr must be positive, got {c.simclr_lr}")
+    if c.pretext != "rotation":
+        # PT4AL ranks by rotation losses; training a second (rotation) network just for it
+        # would double the pretext cost, so the combination is refused instead.
+        need(
+            "pt4al" not in c.methods,
+            f"pt4al ranks images by rotation losses, which --pretext={c.pretext} does not "
+            "produce; run pt4al with --pretext=rotation",
+        )
+        need(
+            c.indicator != "pretext_loss",
+            f"--indicator=pretext_loss needs rotation losses, not --pretext={c.pretext}",
+        )
     need(c.bal_sampler in BAL_SAMPLERS, f"--bal_sampler must be one of {BAL_SAMPLERS}")
     need(c.cdd_order in ("ascending", "descending"), "--cdd_order must be ascending or descending")
     need(c.indicator in INDICATORS, f"--indicator must be one of {INDICATORS}")
@@ -172,7 +198,8 @@ def make_plan(c: Config, *, pool_size: int, val_size: int, num_classes: int) -> 
         "--fractions_of=pool or a smaller --val_size",
     )
     num_clusters = num_classes if c.num_clusters is None else c.num_clusters
-    needs_clusters = "bal" in c.methods and c.indicator != "pretext_loss"
+    uses_bal = bool(NEEDS_BETA & set(c.methods))
+    needs_clusters = uses_bal and c.indicator != "pretext_loss"
     need(
         not needs_clusters or num_clusters <= pool_size,
         f"--num_clusters={num_clusters} exceeds the {pool_size} images of the pool",
@@ -184,7 +211,7 @@ def make_plan(c: Config, *, pool_size: int, val_size: int, num_classes: int) -> 
     if search is None:
         search = search_cycles(c.schedule, fraction=c.beta_search_fraction)
     plan = Plan(counts, base, num_clusters, window_budget, None, search, ())
-    if "bal" not in c.methods or c.subpools == "uniform":
+    if not uses_bal or c.subpools == "uniform":
         return plan
     lowest = bal_min_beta(counts, pool_size=pool_size, options=plan.bal_options(c))
     if c.beta is not None:

@@ -50,6 +50,9 @@ VGG16_LAYOUT = (
 NUM_POOLS = 5
 # Input height and width must be multiples of this (five 2x2 pools).
 INPUT_MULTIPLE = 2**NUM_POOLS
+# Feature layers: 'final' is the paper's (SPEC Step 2); 'blockB' is the global-average-pooled
+# output of conv stage B (1-based, before its max-pool), e.g. 'block3' = the third 256-wide stage.
+FEATURE_LAYERS = ("final", *(f"block{b}" for b in range(1, NUM_POOLS + 1)))
 
 
 def scaled_channels(channels: int, width: float) -> int:
@@ -167,6 +170,42 @@ class VGG16(nnx.Module):
         for item in VGG16_LAYOUT:
             if item == "M":
                 x = _max_pool_2x2(x)
+            else:
+                x = next(layer_iter)(x, mask_N=mask_N)
+        return x.mean(axis=(1, 2))
+
+    def layer_features(
+        self, x_NHWC: jax.Array, *, layer: str = "final", mask_N: jax.Array | None = None
+    ) -> jax.Array:
+        """Features of a chosen layer: 'final' (``features``) or a pooled intermediate block.
+
+        Intermediate blocks of a self-supervised network can hold more class information than
+        its last layer (issue 11: for the rotation net, block 3/4 beat the final features).
+
+        Args:
+          x_NHWC: (N, H, W, in_channels) normalised float images, H and W multiples of 32.
+          layer: one of ``FEATURE_LAYERS``; 'blockB' is the output of conv stage B (after its
+            last ReLU, before its max-pool), global-average-pooled.
+          mask_N: optional (N,) bool mask of real rows for BatchNorm statistics.
+
+        Returns:
+          (N, channels of that layer) features.
+        """
+        if layer not in FEATURE_LAYERS:
+            raise ValueError(f"unknown feature layer {layer!r}; choose one of {FEATURE_LAYERS}")
+        if layer == "final":
+            return self.features(x_NHWC, mask_N=mask_N)
+        self._check_input(x_NHWC)
+        stop = int(layer.removeprefix("block"))
+        x = x_NHWC
+        layer_iter = iter(self.layers)
+        stage = 1
+        for item in VGG16_LAYOUT:
+            if item == "M":
+                if stage == stop:
+                    break
+                x = _max_pool_2x2(x)
+                stage += 1
             else:
                 x = next(layer_iter)(x, mask_N=mask_N)
         return x.mean(axis=(1, 2))

@@ -20,7 +20,10 @@ Modules, one concept each:
   step       the jitted training step and the per-epoch batch gather
   inputs     host-side checks, hyperparameter packing, device placement
   fit        ``fit`` / ``fit_rotation``
-  inference  ``predict``, ``predict_mc_dropout``, ``rotation_losses``, ``evaluate``
+  inference  ``predict``, ``predict_mc_dropout``, ``rotation_losses``, ``evaluate``,
+             ``predict_features`` (one layer's features)
+  views      SimCLR's strong views (resized crop, flip, colour jitter, grey; inside jit)
+  contrastive  ``ContrastiveNet``, ``nt_xent``, ``fit_contrastive`` (instance discrimination)
 """
 
 from bal_jax.train.augment import CROP_PADDING as CROP_PADDING
@@ -28,12 +31,16 @@ from bal_jax.train.augment import NUM_ROTATIONS as NUM_ROTATIONS
 from bal_jax.train.augment import normalize as normalize
 from bal_jax.train.augment import random_crop_flip as random_crop_flip
 from bal_jax.train.augment import rotations as rotations
+from bal_jax.train.contrastive import ContrastiveNet as ContrastiveNet
+from bal_jax.train.contrastive import fit_contrastive as fit_contrastive
+from bal_jax.train.contrastive import nt_xent as nt_xent
 from bal_jax.train.fit import fit as fit
 from bal_jax.train.fit import fit_rotation as fit_rotation
 from bal_jax.train.fit import steps_per_epoch as steps_per_epoch
 from bal_jax.train.inference import Predictions as Predictions
 from bal_jax.train.inference import evaluate as evaluate
 from bal_jax.train.inference import predict as predict
+from bal_jax.train.inference import predict_features as predict_features
 from bal_jax.train.inference import predict_mc_dropout as predict_mc_dropout
 from bal_jax.train.inference import rotation_losses as rotation_losses
 from bal_jax.train.optim import MAX_MILESTONES as MAX_MILESTONES
@@ -47,3 +54,5 @@ from bal_jax.train.step import TrainState as TrainState
 from bal_jax.train.step import epoch_order as epoch_order
 from bal_jax.train.step import take_batch as take_batch
 from bal_jax.train.step import train_step as train_step
+from bal_jax.train.views import ViewParams as ViewParams
+from bal_jax.train.views import two_views as two_views

@@ -26,6 +26,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from bal_jax import parallel
+from bal_jax.models.vgg import FEATURE_LAYERS
 from bal_jax.train.augment import NUM_ROTATIONS, normalize, rotations
 from bal_jax.train.inputs import (
     check_images,
@@ -328,3 +329,48 @@ def evaluate(
         tta_flip=tta_flip,
     ).logits_NC
     return float(np.mean(np.argmax(logits, axis=-1) == labels))
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "layer", "out_sharding"))
+def _features_batch(graphdef, params, rest, mean_C, std_C, images_BHWC_u8, *, layer, out_sharding):
+    model = nnx.merge(graphdef, params, rest)
+    feats = model.layer_features(normalize(images_BHWC_u8, mean=mean_C, std=std_C), layer=layer)
+    return constrain(feats, out_sharding)
+
+
+def predict_features(
+    model: nnx.Module,
+    images_NHWC_u8,
+    *,
+    layer: str = "final",
+    batch_size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    mesh: Mesh | None = None,
+) -> np.ndarray:
+    """Features of one layer of a pool, in eval mode (SPEC Step 2, with a choice of layer).
+
+    Args:
+      model: a ``VGG16`` or ``ContrastiveNet`` (anything with ``layer_features``).
+      images_NHWC_u8: (N, H, W, C) uint8 images.
+      layer: 'final' (the paper's features) or 'block1'..'block5' (global-average-pooled
+        output of that conv stage), see ``bal_jax.models.vgg.FEATURE_LAYERS``.
+      batch_size: images per forward pass.
+      mean: per-channel mean in [0, 1] units.
+      std: per-channel standard deviation in [0, 1] units.
+      mesh: optional ``('data',)`` mesh.
+
+    Returns:
+      (N, D_layer) float32 NumPy array in input order.
+    """
+    if layer not in FEATURE_LAYERS:
+        raise ValueError(f"unknown feature layer {layer!r}; choose one of {FEATURE_LAYERS}")
+
+    def run(graphdef, params, rest, mean_C, std_C, x, start, out_sharding):
+        return _features_batch(
+            graphdef, params, rest, mean_C, std_C, x, layer=layer, out_sharding=out_sharding
+        )
+
+    return _inference(
+        model, images_NHWC_u8, batch_size=batch_size, mean=mean, std=std, mesh=mesh, run_batch=run
+    )
