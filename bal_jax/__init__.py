@@ -6,7 +6,7 @@
                                 num_cycles=5, k=1000, beta=1.2, probs=probs_NC)
 
 Submodules: `kmeans`, `subpools`, `sampling`, `methods`, `budgets`, `models`, `train`,
-`data`, `parallel`, `active_loop`, `checkpoint`.
+`data`, `parallel`, `precision`, `active_loop`, `checkpoint`.
 """
 
 from bal_jax import data as data
