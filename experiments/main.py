@@ -61,6 +61,8 @@ flags.DEFINE_enum("subpools", None, ["adaptive", "uniform"], "Ablation.")
 flags.DEFINE_enum("window_variant", None, ["paper", "released"], "Sub-pool window units.")
 flags.DEFINE_bool("normalize_logits", None, "Released code's max softmax(z/||z||).")
 flags.DEFINE_bool("warm_start", None, "Override: warm start (default small/medium) or scratch.")
+flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"], "Compute dtype (bf16: GPU/TPU only).")
+flags.DEFINE_integer("steps_per_dispatch", None, "Optimizer steps per jitted call (GPU/TPU).")
 _DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize().")
 
 # flag name -> (Config field, parser)
@@ -96,6 +98,8 @@ _OVERRIDES = {
     "window_variant": ("window_variant", str),
     "normalize_logits": ("normalize_logits", bool),
     "warm_start": ("warm_start", bool),
+    "dtype": ("dtype", str),
+    "steps_per_dispatch": ("steps_per_dispatch", int),
 }
 
 

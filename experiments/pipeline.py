@@ -54,6 +54,7 @@ from bal_jax.methods import (
     bal_order,
 )
 from bal_jax.parallel import make_mesh
+from bal_jax.precision import DTYPES
 from bal_jax.train import RECIPES
 from experiments import report
 from experiments.config import Config
@@ -95,6 +96,10 @@ def check_config(c: Config) -> None:
             f"--{name}={','.join(map(str, ms))} must be strictly increasing positive epochs",
         )
     need(c.recipe in RECIPES, f"--recipe must be one of {', '.join(RECIPES)}, got {c.recipe!r}")
+    need(c.dtype in DTYPES, f"--dtype must be one of {', '.join(DTYPES)}, got {c.dtype!r}")
+    need(
+        c.steps_per_dispatch >= 1, f"--steps_per_dispatch must be >= 1, not {c.steps_per_dispatch}"
+    )
     need(c.val_size >= 1, f"--val_size must be at least 1, got {c.val_size}")
     need(c.bal_sampler in BAL_SAMPLERS, f"--bal_sampler must be one of {BAL_SAMPLERS}")
     need(c.cdd_order in ("ascending", "descending"), "--cdd_order must be ascending or descending")
@@ -210,6 +215,7 @@ PRETEXT_FIELDS = (
     "pretext_batch_size",
     "pretext_lr",
     "pretext_milestones",
+    "dtype",
 )
 
 
@@ -221,7 +227,7 @@ def default_pretext_dir(workdir: str) -> str:
 def pretext_cache_dir(c: Config, pretext_dir: str) -> str:
     """The folder holding this configuration's pretext features, one file per seed."""
     fp = c.fingerprint()
-    settings = {k: fp[k] for k in PRETEXT_FIELDS}
+    settings = {k: fp[k] for k in PRETEXT_FIELDS if k in fp}  # dtype is absent at float32
     blob = json.dumps(settings, sort_keys=True)
     path = os.path.join(pretext_dir, hashlib.sha256(blob.encode()).hexdigest()[:12])
     os.makedirs(path, exist_ok=True)
@@ -249,6 +255,8 @@ def _seed_context(
             learning_rate=c.pretext_lr,
             milestones=c.pretext_milestones,
             eval_batch_size=c.eval_batch_size,
+            dtype=c.dtype,
+            steps_per_dispatch=c.steps_per_dispatch,
         )
         outs = pretext_outputs(
             named_key(key, "pretext"),
@@ -340,6 +348,8 @@ def _main_settings(c: Config) -> TrainSettings:
         milestones=c.milestones,
         eval_batch_size=c.eval_batch_size,
         recipe=RECIPES[c.recipe],
+        dtype=c.dtype,
+        steps_per_dispatch=c.steps_per_dispatch,
     )
 
 

@@ -73,3 +73,17 @@ def test_fingerprint_ignores_methods_and_seeds():
     b = dataclasses.replace(a, methods=("random",), seeds=(4,))
     assert a.fingerprint() == b.fingerprint()
     assert a.fingerprint() != dataclasses.replace(a, epochs=3).fingerprint()
+
+
+def test_dtype_and_steps_per_dispatch_flags():
+    cfg = main_lib.build_config(_flags("--dtype=bfloat16", "--steps_per_dispatch=4"))
+    assert cfg.dtype == "bfloat16" and cfg.steps_per_dispatch == 4
+    check_config(cfg)
+    fp = cfg.fingerprint()
+    assert fp["dtype"] == "bfloat16" and fp["steps_per_dispatch"] == 4
+    # At their defaults they stay out of the fingerprint: older workdirs still match.
+    assert "dtype" not in config_lib.Config().fingerprint()
+    with pytest.raises(ConfigError, match="--dtype must be one of"):
+        check_config(dataclasses.replace(config_lib.Config(), dtype="float16"))
+    with pytest.raises(ConfigError, match="--steps_per_dispatch"):
+        check_config(dataclasses.replace(config_lib.Config(), steps_per_dispatch=0))
