@@ -7,8 +7,8 @@
 
 Submodules: `kmeans`, `subpools`, `sampling`, `methods`, `typical` (the `bal_typical`
 variant), `diagnostics` (feature quality), `budgets`, `models`, `train`, `data`, `parallel`,
-`active_loop`, `checkpoint`, `labeling` (`LabelingProject`: label your own images round by
-round).
+`precision`, `active_loop`, `checkpoint`, `labeling` (`LabelingProject`: label your own
+images round by round).
 """
 
 from bal_jax import data as data

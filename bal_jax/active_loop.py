@@ -86,6 +86,22 @@ class TrainSettings(NamedTuple):
     augment: str = "crop_flip"  # one of AUGMENTATIONS
     eval_batch_size: int = 512
     recipe: train.Recipe = train.RECIPES["paper"]
+    # Compute dtype ('float32' or 'bfloat16' mixed precision, bal_jax.precision) and optimizer
+    # steps per jitted call (>1 only on accelerators; see bal_jax.train.fit).
+    dtype: str = "float32"
+    steps_per_dispatch: int = 1
+
+
+def _settings_key(settings: TrainSettings) -> tuple:
+    # The fields that decide a training's result, for model digests. `dtype` and
+    # `steps_per_dispatch` are left out at their defaults so that digests of runs made before
+    # they existed stay valid.
+    fields = settings._asdict()
+    if settings.dtype == "float32":
+        del fields["dtype"]
+    if settings.steps_per_dispatch == 1:
+        del fields["steps_per_dispatch"]
+    return tuple(fields.values())
 
 
 class PretextOutputs(NamedTuple):
@@ -165,6 +181,8 @@ def fit_kwargs(settings: TrainSettings, mean, std, mesh) -> dict[str, Any]:
         std=std,
         mesh=mesh,
         **augment_kwargs(settings.augment),
+        dtype=settings.dtype,
+        steps_per_dispatch=settings.steps_per_dispatch,
     )
 
 
@@ -237,7 +255,9 @@ def pretext_outputs(
             progress=progress,
         )
     t1 = time.perf_counter()
-    ev = dict(batch_size=settings.eval_batch_size, mean=mean, std=std, mesh=mesh)
+    ev = dict(
+        batch_size=settings.eval_batch_size, mean=mean, std=std, mesh=mesh, dtype=settings.dtype
+    )
     views = images
     if feature_view == "random_rotation":
         turns = jax.random.randint(named_key(key, "feature_view"), (images.shape[0],), 0, 4)
@@ -267,6 +287,7 @@ def _predict_pool(
             mean=mean,
             std=std,
             mesh=mesh,
+            dtype=settings.dtype,
         )
         return PoolPredictions(mc_probs_TNC=np.asarray(mc))
     if method not in NEEDS_PROBS | NEEDS_FEATURES and method != "bal":
@@ -279,6 +300,7 @@ def _predict_pool(
         std=std,
         mesh=mesh,
         tta_flip=settings.recipe.tta_flip,
+        dtype=settings.dtype,
     )
     logits = np.asarray(out.logits_NC, np.float32)
     probs = np.asarray(jax.nn.softmax(logits, axis=-1))
@@ -356,7 +378,16 @@ def run_cycles(
     root_digest = _digest(
         "init",
         jax.random.key_data(init_key),
-        repr((tuple(model), spec_dropout, warm_start, tuple(settings), tuple(mean), tuple(std))),
+        repr(
+            (
+                tuple(model),
+                spec_dropout,
+                warm_start,
+                _settings_key(settings),
+                tuple(mean),
+                tuple(std),
+            )
+        ),
     )
 
     def fresh_model(cycle: int) -> VGG16:
@@ -455,6 +486,7 @@ def run_cycles(
             std=std,
             mesh=mesh,
             tta_flip=settings.recipe.tta_flip,
+            dtype=settings.dtype,
         )
         logits = train.predict(net, evaluation.images, **ev).logits_NC
         acc = float(np.mean(np.argmax(logits, -1) == np.asarray(evaluation.labels)))

@@ -2,6 +2,13 @@
 
 Each preset's docstring names the command that uses it. Flags given on the command line
 override preset fields (see `experiments/main.py`).
+
+Precision: every preset computes in float32 (`dtype`). The CPU presets must (XLA:CPU has no fast
+bf16 convolutions); the paper presets (cifar10, svhn, caltech101, tiny_imagenet) keep float32 so
+that their numbers stay comparable with the paper's float32 PyTorch runs until bf16 is measured at
+paper scale on a GPU: add `--dtype=bfloat16` on a GPU or TPU for bf16 mixed precision (about
+twice the math rate and half the activation memory, benchmarks/results_memory.md). On TPUs
+float32 matrix products already run as bf16 passes by default, so bf16 there mainly saves memory.
 """
 
 from __future__ import annotations
@@ -55,6 +62,10 @@ class Config:
     # flip TTA; measured in experiments/reports/noise.md).
     recipe: str = "paper"
     eval_batch_size: int = 512  # a multiple of 8 (TPU cores) and 16
+    # 'float32' or 'bfloat16' (mixed precision: bf16 compute, float32 parameters and loss).
+    dtype: str = "float32"
+    # Optimizer steps per jitted call (lax.scan); >1 only on accelerators (slow on XLA:CPU).
+    steps_per_dispatch: int = 1
 
     num_clusters: int | None = None  # None: the number of classes (SPEC Step 2)
     beta: float | None = None  # None: searched on the validation split (paper Eq. 9)
@@ -108,6 +119,10 @@ class Config:
         d = dataclasses.asdict(self)
         for name in ("methods", "seeds", "preset"):
             d.pop(name)
+        # At their defaults these are left out, so workdirs made before they existed stay valid.
+        for name, default in (("dtype", "float32"), ("steps_per_dispatch", 1)):
+            if d[name] == default:
+                d.pop(name)
         return json.loads(json.dumps(d))
 
 

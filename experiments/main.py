@@ -85,6 +85,8 @@ flags.DEFINE_enum(
     "Pretext features to cluster: final (the paper's) or a pooled intermediate block.",
 )
 flags.DEFINE_float("simclr_lr", None, "Adam learning rate of the simclr pretext.")
+flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"], "Compute dtype (bf16: GPU/TPU only).")
+flags.DEFINE_integer("steps_per_dispatch", None, "Optimizer steps per jitted call (GPU/TPU).")
 _DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize().")
 
 # flag name -> (Config field, parser)
@@ -133,6 +135,8 @@ _OVERRIDES = {
     "pretext": ("pretext", str),
     "feature_layer": ("feature_layer", str),
     "simclr_lr": ("simclr_lr", float),
+    "dtype": ("dtype", str),
+    "steps_per_dispatch": ("steps_per_dispatch", int),
 }
 
 

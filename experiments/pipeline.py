@@ -175,6 +175,7 @@ PRETEXT_FIELDS = (
     "pretext",
     "feature_layer",
     "simclr_lr",
+    "dtype",
 )
 # Pretext settings left out of the cache key while they have their default, so that caches
 # written before they existed (rotation, final features) stay valid.
@@ -194,7 +195,7 @@ def pretext_cache_dir(c: Config, pretext_dir: str) -> str:
     settings = {
         k: fp[k]
         for k in PRETEXT_FIELDS
-        if k not in PRETEXT_DEFAULTS or fp[k] != PRETEXT_DEFAULTS[k]
+        if k in fp and (k not in PRETEXT_DEFAULTS or fp[k] != PRETEXT_DEFAULTS[k])
     }
     if c.pretext == "rotation":
         settings.pop("simclr_lr", None)
@@ -233,6 +234,8 @@ def _seed_context(
             milestones=c.pretext_milestones,
             augment=c.augment,
             eval_batch_size=c.eval_batch_size,
+            dtype=c.dtype,
+            steps_per_dispatch=c.steps_per_dispatch,
         )
         outs = pretext_outputs(
             named_key(pretext_key, "pretext"),
@@ -346,6 +349,8 @@ def _main_settings(c: Config) -> TrainSettings:
         augment=c.augment,
         eval_batch_size=c.eval_batch_size,
         recipe=RECIPES[c.recipe],
+        dtype=c.dtype,
+        steps_per_dispatch=c.steps_per_dispatch,
     )
 
 

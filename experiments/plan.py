@@ -24,6 +24,7 @@ from bal_jax.methods import (
     bal_min_beta,
 )
 from bal_jax.models.vgg import FEATURE_LAYERS
+from bal_jax.precision import DTYPES
 from bal_jax.train import RECIPES
 from experiments.config import Config
 
@@ -78,6 +79,11 @@ def check_config(c: Config) -> None:
     need(
         c.pretext_seed is None or c.pretext_seed >= 0,
         f"--pretext_seed must be >= 0, got {c.pretext_seed}",
+    )
+    need(c.dtype in DTYPES, f"--dtype must be one of {', '.join(DTYPES)}, got {c.dtype!r}")
+    need(
+        c.steps_per_dispatch >= 1,
+        f"--steps_per_dispatch must be >= 1, not {c.steps_per_dispatch}",
     )
     need(c.val_size >= 1, f"--val_size must be at least 1, got {c.val_size}")
     need(c.pretext in PRETEXTS, f"--pretext must be one of {', '.join(PRETEXTS)}")

@@ -126,3 +126,17 @@ def test_new_flags_reach_the_config():
     assert cfg.fractions_of == "train" and cfg.drop_classes == ("a", "b")
     assert cfg.resplit_test_fraction == 0.2 and cfg.beta_search_fraction == 0.2
     check_config(cfg)
+
+
+def test_dtype_and_steps_per_dispatch_flags():
+    cfg = main_lib.build_config(_flags("--dtype=bfloat16", "--steps_per_dispatch=4"))
+    assert cfg.dtype == "bfloat16" and cfg.steps_per_dispatch == 4
+    check_config(cfg)
+    fp = cfg.fingerprint()
+    assert fp["dtype"] == "bfloat16" and fp["steps_per_dispatch"] == 4
+    # At their defaults they stay out of the fingerprint: older workdirs still match.
+    assert "dtype" not in config_lib.Config().fingerprint()
+    with pytest.raises(ConfigError, match="--dtype must be one of"):
+        check_config(dataclasses.replace(config_lib.Config(), dtype="float16"))
+    with pytest.raises(ConfigError, match="--steps_per_dispatch"):
+        check_config(dataclasses.replace(config_lib.Config(), steps_per_dispatch=0))

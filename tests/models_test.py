@@ -193,3 +193,59 @@ def test_lecun_normal_has_the_distribution_of_flax_default(shape):
     np.testing.assert_array_equal(ours, lecun_normal(jax.random.key(0), shape))
     traced = nnx.eval_shape(lambda: lecun_normal(jax.random.key(0), shape))
     assert traced.shape == shape
+
+
+@pytest.mark.parametrize("size, cin, cout", [(2, 6, 5), (4, 3, 8)])
+def test_conv3x3_im2col_matches_xla_in_bfloat16(size, cin, cout):
+    convs = {
+        impl: Conv3x3(cin, cout, impl=impl, dtype="bfloat16", rngs=nnx.Rngs(3))
+        for impl in ("im2col", "xla")
+    }
+    x = jax.random.normal(jax.random.key(4), (3, size, size, cin))
+
+    @jax.jit
+    def run(x):
+        def out_and_grads(conv):
+            graphdef, params = nnx.split(conv)
+
+            def loss(params, x):
+                return jnp.sum(jnp.sin(nnx.merge(graphdef, params)(x).astype(jnp.float32)))
+
+            return nnx.merge(graphdef, params)(x), jax.grad(loss, argnums=(0, 1))(params, x)
+
+        return {impl: out_and_grads(conv) for impl, conv in convs.items()}
+
+    res = run(x)
+    y, grads = res["im2col"]
+    y_ref, grads_ref = res["xla"]
+    assert y.dtype == jnp.bfloat16 and convs["xla"].kernel[...].dtype == jnp.float32
+    # bf16 keeps 8 bits of mantissa: agreement to about 1% of the values' scale.
+    np.testing.assert_allclose(np.float32(y), np.float32(y_ref), rtol=2e-2, atol=2e-2)
+    for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_ref), strict=True):
+        assert a.dtype == b.dtype == jnp.float32  # gradients of float32 parameters and input
+        np.testing.assert_allclose(a, b, rtol=5e-2, atol=5e-2)
+
+
+def test_bfloat16_view_computes_in_bf16_with_float32_params():
+    model = VGG16(10, width=1 / 16, rngs=nnx.Rngs(0))
+    view = nnx.view(model, dtype="bfloat16")
+    assert view.layers[0].conv.kernel is model.layers[0].conv.kernel  # parameters shared
+    assert model.layers[0].bn.dtype == jnp.float32  # the model itself is unchanged
+    x = jax.random.normal(jax.random.key(1), (4, 32, 32, 3))
+    assert view.layers[0](x).dtype == jnp.bfloat16
+    feats, logits = view.features(x), view(x)
+    assert feats.dtype == logits.dtype == jnp.float32  # features, head and logits stay float32
+    assert {p.dtype for p in jax.tree.leaves(nnx.state(view, nnx.Param))} == {jnp.dtype("float32")}
+    ref = model(x)
+    # 13 bf16 layers at 4 channels: a few percent of the logits' scale, not float32's 1e-6.
+    assert np.linalg.norm(logits - ref) < 0.15 * np.linalg.norm(ref)
+    built = VGG16(10, width=1 / 16, dtype="bfloat16", rngs=nnx.Rngs(0))
+    assert built.layers[3].bn.dtype == jnp.bfloat16
+    np.testing.assert_array_equal(built(x), logits)  # same weights, same dtype, same result
+
+
+def test_unknown_dtype_is_rejected():
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        VGG16(10, width=1 / 16, dtype="float16", rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        Conv3x3(3, 4, dtype="fp32", rngs=nnx.Rngs(0))

@@ -297,6 +297,8 @@ def test_optimizer_matches_pytorch_sgd_and_multistep():
         ({"milestones": (3, 2)}, "milestones"),
         ({"key": 0}, "key"),
         ({"batch_size": 0}, "batch_size"),
+        ({"dtype": "float16"}, "dtype must be one of"),
+        ({"steps_per_dispatch": 0}, "steps_per_dispatch"),
     ],
 )
 def test_fit_rejects_bad_input(change, match):
@@ -308,6 +310,8 @@ def test_fit_rejects_bad_input(change, match):
         "std": STD,
         "milestones": (),
         "batch_size": 4,
+        "dtype": None,
+        "steps_per_dispatch": 1,
     }
     args.update(change)
     with pytest.raises(ValueError, match=match):
@@ -322,4 +326,59 @@ def test_fit_rejects_bad_input(change, match):
             milestones=args["milestones"],
             mean=args["mean"],
             std=args["std"],
+            dtype=args["dtype"],
+            steps_per_dispatch=args["steps_per_dispatch"],
         )
+
+
+def test_bfloat16_fit_trains_and_keeps_float32_state():
+    x, y = digits()
+    model = small_model()
+    metrics = train.fit(
+        jax.random.key(0),
+        model,
+        x[:192],
+        y[:192],
+        epochs=3,
+        batch_size=32,
+        learning_rate=0.05,
+        mean=MEAN,
+        std=STD,
+        augment=False,
+        dtype="bfloat16",
+    )
+    assert np.all(np.isfinite(metrics["loss"])) and metrics["loss"][-1] < metrics["loss"][0]
+    # Parameters and BatchNorm statistics stay float32; the model itself is still float32.
+    dtypes = {leaf.dtype for leaf in jax.tree.leaves(params_of(model))}
+    assert dtypes <= {np.dtype("float32"), np.dtype("uint32")}, dtypes  # uint32: RNG counts
+    assert model.layers[0].bn.dtype == jnp.float32
+    preds = train.predict(model, x[:64], batch_size=32, mean=MEAN, std=STD, dtype="bfloat16")
+    assert preds.logits_NC.dtype == preds.features_ND.dtype == np.float32
+    ref = train.predict(model, x[:64], batch_size=32, mean=MEAN, std=STD)
+    agree = np.mean(np.argmax(preds.logits_NC, -1) == np.argmax(ref.logits_NC, -1))
+    assert agree >= 0.9, agree
+
+
+def test_steps_per_dispatch_matches_one_step_per_call():
+    x, y = digits()
+    runs = []
+    for group in (1, 2):  # 5 steps: two groups of 2 in one call each, then one single step
+        model = small_model()
+        metrics = train.fit(
+            jax.random.key(3),
+            model,
+            x[:40],
+            y[:40],
+            epochs=1,
+            batch_size=8,
+            learning_rate=0.02,
+            mean=MEAN,
+            std=STD,
+            steps_per_dispatch=group,
+        )
+        runs.append((metrics, params_of(model)))
+    (m1, p1), (m2, p2) = runs
+    assert m1["steps_per_epoch"] == m2["steps_per_epoch"] == 5
+    np.testing.assert_allclose(m1["loss"], m2["loss"], rtol=1e-5)
+    np.testing.assert_allclose(m1["accuracy"], m2["accuracy"])
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), p1, p2)

@@ -19,6 +19,10 @@ always uses XLA's convolution (cuDNN / the TPU convolution units are the fast pa
 
 Both formulations compute the same sum in a different order, so results agree with ``nnx.Conv`` to
 float32 rounding (tests check it for values and gradients).
+
+``dtype`` is the compute dtype (``bal_jax.precision``): the input, kernel and bias are cast to it
+and the output has it, while the parameters stay float32. ``nnx.view(conv, dtype=...)`` changes
+it on a copy that shares the parameters.
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from jax import lax
+
+from bal_jax.precision import compute_dtype
 
 _ZEROS = nnx.initializers.zeros_init()
 
@@ -159,6 +165,7 @@ class Conv3x3(nnx.Module):
         *,
         use_bias: bool = True,
         impl: str = "auto",
+        dtype="float32",
         kernel_init: nnx.Initializer = lecun_normal,
         bias_init: nnx.Initializer = _ZEROS,
         rngs: nnx.Rngs,
@@ -170,6 +177,7 @@ class Conv3x3(nnx.Module):
           out_features: output channels.
           use_bias: add a learned bias.
           impl: ``'auto'`` (per-layer choice, see module docstring), ``'xla'`` or ``'im2col'``.
+          dtype: compute dtype, ``'float32'`` or ``'bfloat16'``; parameters are float32 either way.
           kernel_init: kernel initialiser; the default has the distribution of ``nnx.Conv``'s
             default and is fast to build (see ``lecun_normal``).
           bias_init: bias initialiser (``nnx.Conv``'s default).
@@ -182,6 +190,16 @@ class Conv3x3(nnx.Module):
         self.in_features = in_features
         self.out_features = out_features
         self.impl = impl
+        self.dtype = compute_dtype(dtype)
+
+    def set_view(self, dtype=None):
+        """Used by ``nnx.view(model, dtype=...)``: sets the compute dtype of the copy.
+
+        Args:
+          dtype: compute dtype, or None to keep it.
+        """
+        if dtype is not None:
+            self.dtype = compute_dtype(dtype)
 
     def __call__(self, x_NHWC: jax.Array) -> jax.Array:
         """Applies the convolution.
@@ -190,7 +208,7 @@ class Conv3x3(nnx.Module):
           x_NHWC: (N, H, W, in_features) input.
 
         Returns:
-          (N, H, W, out_features) output.
+          (N, H, W, out_features) output in the compute dtype.
         """
         if x_NHWC.ndim != 4 or x_NHWC.shape[-1] != self.in_features:
             raise ValueError(
@@ -198,12 +216,12 @@ class Conv3x3(nnx.Module):
             )
         _, h, w, c = x_NHWC.shape
         impl = choose_impl(h, w, c) if self.impl == "auto" else self.impl
-        kernel = self.kernel[...]
-        x_NHWC = x_NHWC.astype(kernel.dtype)
+        kernel = self.kernel[...].astype(self.dtype)
+        x_NHWC = x_NHWC.astype(self.dtype)
         if impl == "im2col":
             y = conv3x3_im2col(x_NHWC, kernel)
         else:
             y = conv3x3_xla(x_NHWC, kernel)
         if self.bias is not None:
-            y = y + self.bias[...].reshape(1, 1, 1, -1)
+            y = y + self.bias[...].astype(self.dtype).reshape(1, 1, 1, -1)
         return y

@@ -16,6 +16,11 @@ BatchNorm uses PyTorch's defaults (running-average momentum 0.1, i.e. Flax ``mom
 ``epsilon=1e-5``). Modules start in training mode, like PyTorch: ``model.eval()`` (or
 ``nnx.view(model, use_running_average=True, deterministic=True)``) for inference; the functions of
 ``bal_jax.train`` pick the mode themselves and leave the model's mode untouched.
+
+``dtype='bfloat16'`` runs the convolutions, BatchNorm outputs and activations in bfloat16 with
+float32 parameters and BatchNorm statistics; features, the head and the logits stay float32 (see
+``bal_jax.precision``). ``nnx.view(model, dtype='bfloat16')`` gives a bf16 copy sharing the
+parameters, which is how ``bal_jax.train``'s ``dtype`` option works.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from bal_jax.models.conv import Conv3x3, lecun_normal
+from bal_jax.precision import compute_dtype
 
 # 'M' is a 2x2 max-pool with stride 2.
 VGG16_LAYOUT = (
@@ -70,9 +76,32 @@ def _max_pool_2x2(x_NHWC: jax.Array) -> jax.Array:
 class ConvBNReLU(nnx.Module):
     """Conv3x3 + BatchNorm + ReLU."""
 
-    def __init__(self, in_features: int, out_features: int, *, conv_impl: str, rngs: nnx.Rngs):
-        self.conv = Conv3x3(in_features, out_features, impl=conv_impl, rngs=rngs)
-        self.bn = nnx.BatchNorm(out_features, momentum=0.9, epsilon=1e-5, rngs=rngs)
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        conv_impl: str,
+        dtype="float32",
+        rngs: nnx.Rngs,
+    ):
+        dtype = compute_dtype(dtype)
+        self.conv = Conv3x3(in_features, out_features, impl=conv_impl, dtype=dtype, rngs=rngs)
+        # Statistics are computed in float32 whatever the dtype (Flax's _compute_stats) and kept
+        # in float32 (param_dtype); `dtype` is that of the normalised output.
+        self.bn = nnx.BatchNorm(
+            out_features,
+            momentum=0.9,
+            epsilon=1e-5,
+            dtype=dtype,
+            param_dtype=jnp.float32,
+            rngs=rngs,
+        )
+
+    def set_view(self, dtype=None):
+        # nnx.view visits children first, so self.bn is already the view's copy here.
+        if dtype is not None:
+            self.bn.dtype = compute_dtype(dtype)
 
     def __call__(self, x_NHWC: jax.Array, *, mask_N: jax.Array | None = None) -> jax.Array:
         bn_mask = None if mask_N is None else mask_N.reshape(-1, 1, 1, 1)
@@ -90,6 +119,7 @@ class VGG16(nnx.Module):
         width: float = 1.0,
         dropout: float = 0.0,
         conv_impl: str = "auto",
+        dtype="float32",
         rngs: nnx.Rngs,
     ):
         """Builds the network.
@@ -102,6 +132,8 @@ class VGG16(nnx.Module):
           dropout: dropout rate applied to the features before the head only (0 disables it);
             used by the MC-dropout (DBAL) baseline.
           conv_impl: formulation of the 3x3 convolutions, see ``bal_jax.models.conv``.
+          dtype: compute dtype of the backbone, ``'float32'`` or ``'bfloat16'`` (parameters are
+            float32 either way; see ``bal_jax.precision``).
           rngs: random streams; ``params`` for the weights, ``dropout`` (or the default stream) for
             dropout masks when the model is called without explicit keys.
         """
@@ -113,13 +145,14 @@ class VGG16(nnx.Module):
             raise ValueError(f"width must be positive, got {width}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        dtype = compute_dtype(dtype)
         layers = []
         channels = in_channels
         for item in VGG16_LAYOUT:
             if item == "M":
                 continue
             out = scaled_channels(item, width)
-            layers.append(ConvBNReLU(channels, out, conv_impl=conv_impl, rngs=rngs))
+            layers.append(ConvBNReLU(channels, out, conv_impl=conv_impl, dtype=dtype, rngs=rngs))
             channels = out
         self.layers = nnx.List(layers)
         self.dropout = nnx.Dropout(dropout, rngs=rngs)
@@ -128,6 +161,16 @@ class VGG16(nnx.Module):
         self.in_channels = in_channels
         self.width = width
         self.feature_dim = channels
+        self.dtype = dtype
+
+    def set_view(self, dtype=None):
+        """Used by ``nnx.view(model, dtype=...)``: records the backbone's compute dtype.
+
+        Args:
+          dtype: compute dtype, or None to keep it.
+        """
+        if dtype is not None:
+            self.dtype = compute_dtype(dtype)
 
     def _check_input(self, x_NHWC: jax.Array) -> None:
         if x_NHWC.ndim != 4 or x_NHWC.shape[-1] != self.in_channels:
@@ -162,7 +205,7 @@ class VGG16(nnx.Module):
             only the rows where it is True (padded batches).
 
         Returns:
-          (N, feature_dim) features.
+          (N, feature_dim) float32 features.
         """
         self._check_input(x_NHWC)
         x = x_NHWC
@@ -172,7 +215,7 @@ class VGG16(nnx.Module):
                 x = _max_pool_2x2(x)
             else:
                 x = next(layer_iter)(x, mask_N=mask_N)
-        return x.mean(axis=(1, 2))
+        return x.astype(jnp.float32).mean(axis=(1, 2))
 
     def layer_features(
         self, x_NHWC: jax.Array, *, layer: str = "final", mask_N: jax.Array | None = None
@@ -228,6 +271,8 @@ class VGG16(nnx.Module):
         Returns:
           (N, num_classes) logits.
         """
+        # The head runs in float32 whatever the backbone's dtype (see bal_jax.precision).
+        feats_ND = feats_ND.astype(jnp.float32)
         return self.head(self.dropout(feats_ND, deterministic=deterministic, rngs=rngs))
 
     def __call__(
@@ -255,6 +300,7 @@ def rotation_net(
     in_channels: int = 3,
     width: float = 1.0,
     conv_impl: str = "auto",
+    dtype="float32",
     rngs: nnx.Rngs,
 ) -> VGG16:
     """The rotation pretext network of SPEC Step 1: the VGG16 backbone with a 4-way head.
@@ -263,12 +309,15 @@ def rotation_net(
       in_channels: channels of the input images.
       width: channel multiplier.
       conv_impl: formulation of the 3x3 convolutions.
+      dtype: compute dtype of the backbone.
       rngs: random streams.
 
     Returns:
       A fresh ``VGG16(4, ...)`` (no modules shared with any other network).
     """
-    return VGG16(4, in_channels=in_channels, width=width, conv_impl=conv_impl, rngs=rngs)
+    return VGG16(
+        4, in_channels=in_channels, width=width, conv_impl=conv_impl, dtype=dtype, rngs=rngs
+    )
 
 
 def count_params(model: nnx.Module) -> int:

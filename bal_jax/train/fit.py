@@ -22,6 +22,11 @@ Usage::
 - The optimizer state is fresh in every call. The model is updated in place after every epoch;
   after a NaN it keeps the last finite epoch. With a recipe's EMA it ends with the averaged
   weights and BatchNorm statistics.
+- ``dtype='bfloat16'``: mixed precision (bf16 compute, float32 parameters, optimizer state,
+  BatchNorm statistics and loss; ``bal_jax.precision``); the model itself stays as it is.
+- ``steps_per_dispatch=G``: G steps per jitted call (a ``lax.scan``), for accelerators where the
+  per-step launch dominates at small widths; leave it at 1 on a CPU (see ``step.train_steps``).
+  The same key gives the same run up to float rounding.
 - Data parallelism: pass ``mesh=bal_jax.parallel.make_mesh()``; images and parameters are
   replicated and each batch is sharded along ``'data'`` (BatchNorm statistics and gradients are
   global, so the result matches one device up to float rounding).
@@ -40,6 +45,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from bal_jax import parallel
+from bal_jax.precision import compute_dtype
 from bal_jax.train.augment import NUM_ROTATIONS
 from bal_jax.train.inputs import (
     check_images,
@@ -53,7 +59,15 @@ from bal_jax.train.inputs import (
 )
 from bal_jax.train.optim import MAX_MILESTONES, make_optimizer, make_schedule
 from bal_jax.train.recipe import PAPER, Recipe, check_recipe
-from bal_jax.train.step import TrainState, epoch_order, float_leaves, take_batch, train_step
+from bal_jax.train.step import (
+    TrainState,
+    epoch_order,
+    float_leaves,
+    take_batch,
+    take_batches,
+    train_step,
+    train_steps,
+)
 
 
 def _fit(
@@ -78,9 +92,15 @@ def _fit(
     stage: str,
     recipe: Recipe = PAPER,
     flip: bool = True,
+    dtype=None,
+    steps_per_dispatch: int = 1,
 ) -> dict:
     key = check_key(key)
     recipe = check_recipe(recipe)
+    if dtype is not None:
+        compute_dtype(dtype)
+    if not (isinstance(steps_per_dispatch, int | np.integer) and steps_per_dispatch >= 1):
+        raise ValueError(f"steps_per_dispatch must be an integer >= 1, got {steps_per_dispatch!r}")
     images = check_images(images)
     check_model_input(model, images, square=rotation)
     n = images.shape[0]
@@ -137,7 +157,7 @@ def _fit(
     total_steps = epochs * num_steps
     warmup_steps = int(recipe.warmup_fraction * total_steps)
 
-    graphdef, params, rest = split_for(model, training=True)
+    graphdef, params, rest = split_for(model, training=True, dtype=dtype)
     tx = make_optimizer(learning_rate=learning_rate, boundaries=boundaries, lr_decay=lr_decay)
     never = np.iinfo(np.int32).max
     hp = hp._replace(
@@ -167,13 +187,37 @@ def _fit(
     labels_dev = None if labels is None else put(np.asarray(labels_np, np.int32), mesh)
     batch_sharding = None if mesh is None else parallel.batch_sharding(mesh)
 
+    static = dict(
+        augment=bool(augment),
+        rotation=rotation,
+        batch_sharding=batch_sharding,
+        schedule=recipe.schedule,
+        nesterov=bool(recipe.nesterov),
+    )
+    group = min(int(steps_per_dispatch), num_steps)
+    num_grouped = num_steps - num_steps % group if group > 1 else 0
+
     history = {"loss": [], "accuracy": [], "learning_rate": []}
     for epoch in range(epochs):
         idx_SB, mask_SB, step_key = put(
             epoch_order(key, epoch, num_images=n, batch_size=batch, num_steps=num_steps), mesh
         )
         step_metrics = []
-        for step in range(num_steps):
+        for first in range(0, num_grouped, group):
+            batches = take_batches(
+                images_dev,
+                labels_dev,
+                idx_SB,
+                mask_SB,
+                step_key,
+                jnp.asarray(first, jnp.int32),
+                count=group,
+                batch_sharding=batch_sharding,
+            )
+            state, m = train_steps(graphdef, state, hp, *batches, **static)
+            step_metrics.append(m)
+        # The remainder of the epoch (or all of it, with one step per dispatch).
+        for step in range(num_grouped, num_steps):
             batch_u8, batch_labels, batch_mask, step_key_s = take_batch(
                 images_dev,
                 labels_dev,
@@ -184,23 +228,14 @@ def _fit(
                 batch_sharding=batch_sharding,
             )
             state, m = train_step(
-                graphdef,
-                state,
-                hp,
-                batch_u8,
-                batch_labels,
-                batch_mask,
-                step_key_s,
-                augment=bool(augment),
-                rotation=rotation,
-                batch_sharding=batch_sharding,
-                schedule=schedule,
-                nesterov=bool(recipe.nesterov),
-                flip=bool(flip),
+                graphdef, state, hp, batch_u8, batch_labels, batch_mask, step_key_s, **static
             )
             step_metrics.append(m)
         # The one host sync per epoch.
-        m = jax.tree.map(lambda *v: np.stack(v), *jax.device_get(step_metrics))
+        m = jax.tree.map(
+            lambda *v: np.concatenate([np.reshape(x, -1) for x in v]),
+            *jax.device_get(step_metrics),
+        )
         bad = np.flatnonzero(~np.isfinite(m["loss"]))
         if bad.size:
             step = int(bad[0])
@@ -258,6 +293,8 @@ def fit(
     mesh: Mesh | None = None,
     progress: Callable[[int, dict], Any] | None = None,
     recipe: Recipe = PAPER,
+    dtype=None,
+    steps_per_dispatch: int = 1,
 ) -> dict:
     """Trains a classifier in place with SGD (SPEC Step 6), under a recipe.
 
@@ -282,6 +319,9 @@ def fit(
       recipe: schedule shape, step floor, warm-up, label smoothing, EMA (see ``Recipe``); the
         default is the paper's multistep recipe. ``recipe.tta_flip`` applies to inference
         (pass it to ``predict`` / ``evaluate``).
+      dtype: compute dtype, ``'float32'`` or ``'bfloat16'`` (``bal_jax.precision``); None uses
+        the model's own. Parameters, optimizer state and the loss are float32 either way.
+      steps_per_dispatch: optimizer steps per jitted call (``lax.scan``); 1 on a CPU.
 
     Returns:
       ``{'loss': (E,), 'accuracy': (E,), 'learning_rate': (E,), 'steps_per_epoch': int,
@@ -313,6 +353,8 @@ def fit(
         progress=progress,
         stage="train",
         recipe=recipe,
+        dtype=dtype,
+        steps_per_dispatch=steps_per_dispatch,
     )
 
 
@@ -334,6 +376,8 @@ def fit_rotation(
     flip: bool = True,
     mesh: Mesh | None = None,
     progress: Callable[[int, dict], Any] | None = None,
+    dtype=None,
+    steps_per_dispatch: int = 1,
 ) -> dict:
     """Trains the rotation pretext network in place (SPEC Step 1).
 
@@ -348,7 +392,7 @@ def fit_rotation(
       model: network with a 4-way head (``rotation_net``); updated in place.
       images_NHWC_u8: (N, H, W, C) uint8 square images; no labels are used.
       epochs, batch_size, learning_rate, milestones, lr_decay, momentum, weight_decay, mean, std,
-      augment, flip, mesh, progress: as in ``fit``.
+      augment, flip, mesh, progress, dtype, steps_per_dispatch: as in ``fit``.
 
     Returns:
       The metrics dict of ``fit`` (loss and rotation accuracy over views).
@@ -373,6 +417,8 @@ def fit_rotation(
         mesh=mesh,
         progress=progress,
         stage="pretext",
+        dtype=dtype,
+        steps_per_dispatch=steps_per_dispatch,
     )
 
 

@@ -10,6 +10,8 @@ one padded), so one compilation serves every pool size. The pool may live on the
 batch is copied to the device as it is needed, so a pool larger than device memory works.
 Results are NumPy arrays on the host. With ``tta_flip`` the logits are the mean of those of
 the image and of its horizontal mirror (the features stay those of the upright image).
+``dtype='bfloat16'`` runs the backbone in bfloat16 (``bal_jax.precision``); logits and features
+are float32 either way.
 """
 
 from __future__ import annotations
@@ -100,7 +102,7 @@ def _rotation_loss_batch(graphdef, params, rest, mean_C, std_C, images_BHWC_u8, 
     return constrain(ce.reshape(NUM_ROTATIONS, -1).mean(axis=0), out_sharding)
 
 
-def _inference(model, images, *, batch_size, mean, std, mesh, run_batch, square=False):
+def _inference(model, images, *, batch_size, mean, std, mesh, run_batch, square=False, dtype=None):
     """Calls ``run_batch(graphdef, params, rest, mean, std, x_u8, start, out_sharding)``."""
     images = check_images(images)
     check_model_input(model, images, square=square)
@@ -118,7 +120,7 @@ def _inference(model, images, *, batch_size, mean, std, mesh, run_batch, square=
         std=std,
         channels=images.shape[-1],
     )
-    graphdef, params, rest = split_for(model, training=False)
+    graphdef, params, rest = split_for(model, training=False, dtype=dtype)
     params, rest, mean_C, std_C = put((params, rest, hp.mean_C, hp.std_C), mesh)
     out_sharding = None if mesh is None else parallel.replicated_sharding(mesh)
     images = np.asarray(images)  # host copy: batches go to the device one at a time
@@ -153,6 +155,7 @@ def predict(
     std: Sequence[float],
     mesh: Mesh | None = None,
     tta_flip: bool = False,
+    dtype=None,
 ) -> Predictions:
     """Logits and backbone features of a pool, in eval mode (SPEC Steps 2 and 5).
 
@@ -164,6 +167,7 @@ def predict(
       std: per-channel standard deviation in [0, 1] units.
       mesh: optional ``('data',)`` mesh; each batch is sharded along it.
       tta_flip: average the logits of each image and its horizontal mirror.
+      dtype: compute dtype of the backbone (``'float32'`` / ``'bfloat16'``); None: the model's.
 
     Returns:
       ``Predictions(logits_NC, features_ND)`` as float32 NumPy arrays in input order.
@@ -182,9 +186,16 @@ def predict(
         )
 
     logits, feats = _inference(
-        model, images_NHWC_u8, batch_size=batch_size, mean=mean, std=std, mesh=mesh, run_batch=run
+        model,
+        images_NHWC_u8,
+        batch_size=batch_size,
+        mean=mean,
+        std=std,
+        mesh=mesh,
+        run_batch=run,
+        dtype=dtype,
     )
-    return Predictions(logits, feats)
+    return Predictions(np.asarray(logits, np.float32), np.asarray(feats, np.float32))
 
 
 def predict_mc_dropout(
@@ -197,6 +208,7 @@ def predict_mc_dropout(
     mean: Sequence[float],
     std: Sequence[float],
     mesh: Mesh | None = None,
+    dtype=None,
 ) -> np.ndarray:
     """Monte-Carlo dropout class probabilities (the DBAL baseline): dropout on, BatchNorm in eval.
 
@@ -212,6 +224,7 @@ def predict_mc_dropout(
       mean: per-channel mean in [0, 1] units.
       std: per-channel standard deviation in [0, 1] units.
       mesh: optional ``('data',)`` mesh.
+      dtype: compute dtype of the backbone; None: the model's.
 
     Returns:
       (T, N, num_classes) float32 NumPy array of softmax probabilities.
@@ -241,7 +254,14 @@ def predict_mc_dropout(
         )
 
     return _inference(
-        model, images_NHWC_u8, batch_size=batch_size, mean=mean, std=std, mesh=mesh, run_batch=run
+        model,
+        images_NHWC_u8,
+        batch_size=batch_size,
+        mean=mean,
+        std=std,
+        mesh=mesh,
+        run_batch=run,
+        dtype=dtype,
     )
 
 
@@ -253,6 +273,7 @@ def rotation_losses(
     mean: Sequence[float],
     std: Sequence[float],
     mesh: Mesh | None = None,
+    dtype=None,
 ) -> np.ndarray:
     """Per-image rotation pretext loss (the PT4AL baseline's ranking score).
 
@@ -265,6 +286,7 @@ def rotation_losses(
       mean: per-channel mean in [0, 1] units.
       std: per-channel standard deviation in [0, 1] units.
       mesh: optional ``('data',)`` mesh.
+      dtype: compute dtype of the backbone; None: the model's.
 
     Returns:
       (N,) float32 NumPy array of losses (sort them as numbers, not strings).
@@ -286,6 +308,7 @@ def rotation_losses(
         mesh=mesh,
         run_batch=run,
         square=True,
+        dtype=dtype,
     )
 
 
@@ -299,6 +322,7 @@ def evaluate(
     std: Sequence[float],
     mesh: Mesh | None = None,
     tta_flip: bool = False,
+    dtype=None,
 ) -> float:
     """Top-1 accuracy in eval mode.
 
@@ -311,6 +335,7 @@ def evaluate(
       std: per-channel standard deviation in [0, 1] units.
       mesh: optional ``('data',)`` mesh.
       tta_flip: average the logits of each image and its horizontal mirror.
+      dtype: compute dtype of the backbone; None: the model's.
 
     Returns:
       Accuracy in [0, 1].
@@ -327,6 +352,7 @@ def evaluate(
         std=std,
         mesh=mesh,
         tta_flip=tta_flip,
+        dtype=dtype,
     ).logits_NC
     return float(np.mean(np.argmax(logits, axis=-1) == labels))
 

@@ -9,6 +9,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from bal_jax import parallel
+from bal_jax.precision import compute_dtype
 from bal_jax.train.step import Hparams
 
 
@@ -108,12 +109,24 @@ def strong_copy(x):
     return jnp.array(x, dtype=x.dtype)
 
 
-def split_for(model, *, training: bool):
+def split_for(model, *, training: bool, dtype=None):
+    """(graphdef, params, rest) of a view of the model in train or eval mode.
+
+    Args:
+      model: an NNX module (its own mode and dtype are not changed).
+      training: batch statistics and dropout on (True) or running statistics, no dropout.
+      dtype: compute dtype for the view (``bal_jax.precision``), or None for the model's own.
+
+    Returns:
+      The graph definition (static) and the pure parameter and other states.
+    """
+    modes = {} if dtype is None else {"dtype": compute_dtype(dtype)}
     view = nnx.view(
         model,
         use_running_average=not training,
         deterministic=not training,
         raise_if_not_found=False,
+        **modes,
     )
     graphdef, params, rest = nnx.split(view, nnx.Param, ...)
     # Pure states (plain arrays): Variables rebuilt by nnx.merge inside each trace can be updated
