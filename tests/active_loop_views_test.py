@@ -21,14 +21,12 @@ def test_rotate_each_turns_like_the_pretext_rotations():
 def test_pretext_features_come_from_the_chosen_view(monkeypatch, view):
     seen = {}
 
-    def fake_predict(net, images, **kw):
+    def fake_features(net, images, **kw):
         seen["images"] = np.asarray(images)
-        return train.Predictions(
-            logits_NC=np.zeros((len(images), 4)), features_ND=np.zeros((len(images), 2))
-        )
+        return np.zeros((len(images), 2), np.float32)
 
     monkeypatch.setattr(train, "fit_rotation", lambda *a, **k: None)
-    monkeypatch.setattr(train, "predict", fake_predict)
+    monkeypatch.setattr(train, "predict_features", fake_features)
     monkeypatch.setattr(train, "rotation_losses", lambda net, images, **kw: np.zeros(len(images)))
     images = np.random.default_rng(1).integers(0, 256, (64, 32, 32, 1), dtype=np.uint8)
     key = jax.random.key(0)

@@ -373,6 +373,7 @@ def predict_features(
     mean: Sequence[float],
     std: Sequence[float],
     mesh: Mesh | None = None,
+    dtype=None,
 ) -> np.ndarray:
     """Features of one layer of a pool, in eval mode (SPEC Step 2, with a choice of layer).
 
@@ -385,6 +386,7 @@ def predict_features(
       mean: per-channel mean in [0, 1] units.
       std: per-channel standard deviation in [0, 1] units.
       mesh: optional ``('data',)`` mesh.
+      dtype: compute dtype of the backbone (``'float32'`` / ``'bfloat16'``); None: the model's.
 
     Returns:
       (N, D_layer) float32 NumPy array in input order.
@@ -397,6 +399,14 @@ def predict_features(
             graphdef, params, rest, mean_C, std_C, x, layer=layer, out_sharding=out_sharding
         )
 
-    return _inference(
-        model, images_NHWC_u8, batch_size=batch_size, mean=mean, std=std, mesh=mesh, run_batch=run
+    feats = _inference(
+        model,
+        images_NHWC_u8,
+        batch_size=batch_size,
+        mean=mean,
+        std=std,
+        mesh=mesh,
+        run_batch=run,
+        dtype=dtype,
     )
+    return np.asarray(feats, np.float32)
