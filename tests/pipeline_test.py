@@ -194,6 +194,9 @@ def test_cifar10_cpu_preset_smoke(tmp_path):
             "--test_subset=200",
             "--pretext_epochs=1",
             "--epochs=1",
+            # The preset's small_data recipe trains at least 640 steps a cycle: too slow for a
+            # smoke run (noise_test and recipe_test cover it).
+            "--recipe=paper",
             "--fractions=0.1,0.2",
             "--beta_grid=1,2",
             "--method=bal,pt4al,random,confidence,entropy,coreset",
