@@ -135,7 +135,7 @@ def test_resumed_beta_search_logs_the_total_time(tmp_path):
     lines = []
     context = pipeline.SelectionContext(bal_order=np.arange(100), bal_options=plan.bal_options(cfg))
     beta, new_state = pipeline._search_beta(
-        cfg, d, plan, jax.random.key(0), context, str(seed_dir), None, lines.append
+        cfg, d, plan, jax.random.key(0), context, str(seed_dir), None, None, lines.append
     )
     assert beta == 2.0 and new_state["seconds"] == pytest.approx(12.3, abs=0.05)
     assert "search 12.3s in all" in lines[-1]
