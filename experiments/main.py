@@ -40,6 +40,13 @@ _PRETEXT_DIR = flags.DEFINE_string(
     "Cache of pretext features shared across budgets and ablations (default: pretext/ "
     "beside the workdir); keyed by the pretext settings.",
 )
+_MODEL_DIR = flags.DEFINE_string(
+    "model_dir",
+    None,
+    "Store of trained main-task models shared by runs (default: seed<S>/models/ in the "
+    "workdir); keyed by everything a model depends on, so runs that differ only in pretext "
+    "or methods train their common models once.",
+)
 flags.DEFINE_float("width", None, "VGG16 channel multiplier (1.0 = the paper's network).")
 flags.DEFINE_integer("epochs", None, "Main-task epochs per cycle.")
 flags.DEFINE_integer("pretext_epochs", None, "Rotation pretext epochs.")
@@ -187,7 +194,9 @@ def main(argv):
     try:
         cfg = build_config(flags.FLAGS)
         workdir = default_workdir(cfg)
-        run_experiment(cfg, workdir, pretext_dir=_PRETEXT_DIR.value, log=_log)
+        run_experiment(
+            cfg, workdir, pretext_dir=_PRETEXT_DIR.value, model_dir=_MODEL_DIR.value, log=_log
+        )
     except ConfigError as e:
         sys.exit(f"error: {e}")
     with open(f"{workdir}/summary.md") as f:

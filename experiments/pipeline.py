@@ -6,7 +6,8 @@ The workdir holds everything needed to resume:
     seed<S>/beta.json                 beta search scores (one line per finished candidate)
     seed<S>/<method>/                 orbax checkpoints, one per finished cycle
     seed<S>/models/<digest>/          trained main models shared by methods and beta candidates
-                                      that train on the same labeled sets (train once)
+                                      that train on the same labeled sets (train once); with
+                                      `model_dir`, <model_dir>/<digest>/ instead, shared by runs
     results.jsonl, summary.md, curves.png, selections.png
     meta.json                         per seed: phase seconds, beta, beta search; wall time
 
@@ -16,6 +17,11 @@ the workdir):
 
     <pretext_dir>/<hash of the pretext settings>/settings.json
     <pretext_dir>/<hash of the pretext settings>/seed<S>.npz     features, losses, timings
+
+Trained main-task models can be shared by runs too (`model_dir`): a model's digest hashes
+everything its weights depend on (seed's initial weights and training keys, recipe, every
+labeled set of its warm-start chain and their images and labels), so two runs that differ
+only in their pretext or their methods train the shared random set and the baselines once.
 """
 
 from __future__ import annotations
@@ -369,12 +375,15 @@ def run_experiment(
     workdir: str,
     *,
     pretext_dir: str | None = None,
+    model_dir: str | None = None,
     log: Callable[[str], None] = logging.info,
 ) -> list[dict]:
     """Runs every (seed, method) of `config` in `workdir`, resuming what is there.
 
     Pretext features are read from / written to `pretext_dir` (default: `pretext/` beside
     the workdir), keyed by the pretext settings, so budgets and ablations share them.
+    Trained main-task models are kept in `seed<S>/models/` of the workdir, or in `model_dir`
+    when given (keyed by their lineage digest, so runs that train the same model share it).
 
     Returns:
       All per-cycle records (also written to results.jsonl), after writing summary.md,
@@ -402,6 +411,8 @@ def run_experiment(
         pretext_dir = default_pretext_dir(workdir)
     if any(m in ("bal", "pt4al", "typiclust") for m in c.methods):
         check_writable(pretext_dir, "pretext cache")
+    if model_dir is not None:
+        check_writable(model_dir, "model store")
     log(
         f"{d.name}: pool {pool_size}, validation {d.val.images.shape[0]}, test "
         f"{d.test.images.shape[0]}, {len(d.class_names)} classes; budget {c.budget_name} "
@@ -420,7 +431,7 @@ def run_experiment(
         key = jax.random.key(seed)
         seed_dir = os.path.join(workdir, f"seed{seed}")
         os.makedirs(seed_dir, exist_ok=True)
-        store = ModelStore(os.path.join(seed_dir, "models"))
+        store = ModelStore(model_dir or os.path.join(seed_dir, "models"))
         needs_pretext = any(m in ("bal", "pt4al", "typiclust", "bal_typical") for m in c.methods)
         context, info = (
             _seed_context(c, d, plan, key, seed, pretext_dir, mesh, log)

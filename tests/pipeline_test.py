@@ -46,7 +46,7 @@ def _comparable(records):
 @pytest.fixture(scope="module")
 def clean_run(tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("clean"))
-    proc = _run(workdir)
+    proc = _run(workdir, f"--model_dir={os.path.join(os.path.dirname(workdir), 'models')}")
     return workdir, proc
 
 
@@ -211,3 +211,20 @@ def test_cifar10_cpu_preset_smoke(tmp_path):
     assert len(records) == 6 * 2
     assert [r["num_labeled"] for r in records if r["method"] == "bal"] == [30, 60]
     assert "| coreset |" in proc.stdout
+
+
+
+def test_model_dir_shares_trained_models_across_runs(clean_run, tmp_path):
+    # The clean run stored its models in --model_dir; a run with another method list and
+    # workdir restores the ones it shares (random's) instead of training them again.
+    models = os.path.join(os.path.dirname(clean_run[0]), "models")
+    stored = len(os.listdir(models))
+    _run(str(tmp_path), f"--model_dir={models}", "--method=random")
+    again = report.read_jsonl(os.path.join(tmp_path, "results.jsonl"))
+    first = report.read_jsonl(os.path.join(clean_run[0], "results.jsonl"))
+    assert [r["accuracy"] for r in again] == [
+        r["accuracy"] for r in first if r["method"] == "random"
+    ]
+    assert all(r["shared_model"] for r in again)
+    assert len(os.listdir(models)) == stored
+    assert not os.path.exists(os.path.join(tmp_path, "seed0", "models"))
