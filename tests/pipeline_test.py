@@ -213,7 +213,6 @@ def test_cifar10_cpu_preset_smoke(tmp_path):
     assert "| coreset |" in proc.stdout
 
 
-
 def test_model_dir_shares_trained_models_across_runs(clean_run, tmp_path):
     # The clean run stored its models in --model_dir; a run with another method list and
     # workdir restores the ones it shares (random's) instead of training them again.
