@@ -159,6 +159,8 @@ def summary(records: Sequence[dict], runs, references: Sequence[str], title: str
     lines = [f"# {title}", "", report.accuracy_table(records, methods), ""]
     for ref in references:
         lines += [report.paired_difference_table(records, ref, methods), ""]
+    balance = report.class_balance_table(records, methods)
+    lines += [balance, ""] if balance else []
     lines += ["| method | run | what its selection saw |", "|---|---|---|"]
     first_cfg = runs[0][1]
     for m in methods:

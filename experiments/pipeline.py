@@ -527,6 +527,7 @@ def write_reports(
     table = report.accuracy_table(records, c.methods)
     paired = report.paired_difference_table(records, "bal", c.methods)
     variant_paired = report.paired_difference_table(records, "bal_typical", c.methods)
+    balance = report.class_balance_table(records, c.methods)
     lines = [
         f"# BAL on {d.name}, {c.budget_name} budget",
         "",
@@ -534,6 +535,7 @@ def write_reports(
         "",
         *([paired, ""] if paired else []),
         *([variant_paired, ""] if variant_paired else []),
+        *([balance, ""] if balance else []),
         f"Pool {d.pool.images.shape[0]} images, validation {d.val.images.shape[0]} "
         f"(beta search only), test {d.test.images.shape[0]} (reported only). "
         "Reported model: last epoch of each cycle.",

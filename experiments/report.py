@@ -164,6 +164,48 @@ def paired_difference_table(
     return "\n".join(lines)
 
 
+def class_balance_table(records: Sequence[dict], methods: Sequence[str] | None = None) -> str:
+    """How evenly each method's labeled set covers the classes, per labeled fraction.
+
+    Each cell is the normalised entropy of the labeled set's class counts (the cumulative
+    `selected_class_counts`; 1.0 = perfectly balanced, 0 = one class), mean over seeds, and
+    the number of images of its rarest class. Empty string when records carry no counts.
+    """
+    cum: dict[tuple[str, int], np.ndarray] = {}
+    cells: dict[tuple[str, float], list[tuple[float, int]]] = defaultdict(list)
+    for r in sorted(records, key=lambda r: (r["method"], r.get("seed", 0), r["cycle"])):
+        if "selected_class_counts" not in r:
+            return ""
+        key = (r["method"], r.get("seed", 0))
+        counts = np.asarray(r["selected_class_counts"], np.float64)
+        cum[key] = counts + (cum[key] if r["cycle"] > 0 and key in cum else 0.0)
+        p = cum[key] / cum[key].sum()
+        nz = p[p > 0]
+        entropy = float(-(nz * np.log(nz)).sum() / np.log(len(p))) if len(p) > 1 else 1.0
+        cells[(r["method"], round(r["fraction"], 4))].append((entropy, int(cum[key].min())))
+    fractions = sorted({f for _, f in cells})
+    lines = [
+        "| class balance | " + " | ".join(f"{100 * f:.1f}%" for f in fractions) + " |",
+        "|---|" + "---|" * len(fractions),
+    ]
+    for m in _method_order(records, methods):
+        row = []
+        for f in fractions:
+            vals = cells.get((m, f))
+            row.append(
+                "–"
+                if not vals
+                else f"{np.mean([e for e, _ in vals]):.3f} (min {min(c for _, c in vals)})"
+            )
+        lines.append(f"| {m} | " + " | ".join(row) + " |")
+    lines += [
+        "",
+        "Normalised entropy of the labeled set's class counts (1 = balanced), mean over seeds; "
+        "in brackets the fewest images of one class in any seed's labeled set.",
+    ]
+    return "\n".join(lines)
+
+
 def plot_curves(records: Sequence[dict], path: str, *, title: str = "") -> None:
     """Accuracy vs labeled % per method, mean line with a ±1 std band over seeds."""
     import matplotlib

@@ -83,3 +83,17 @@ def test_paired_difference_marks_follow_a_t_test(diffs, mark):
     ]
     row = report.paired_difference_table(recs, "bal").splitlines()[2]
     assert row.split(" | ")[1].endswith(f"± 1.0{mark}")
+
+
+def test_class_balance_table_accumulates_counts_over_cycles():
+    recs = [
+        {"method": "a", "seed": 0, "cycle": 0, "fraction": 0.1, "selected_class_counts": [2, 0]},
+        {"method": "a", "seed": 0, "cycle": 1, "fraction": 0.2, "selected_class_counts": [0, 2]},
+        {"method": "b", "seed": 0, "cycle": 0, "fraction": 0.1, "selected_class_counts": [1, 1]},
+        {"method": "b", "seed": 0, "cycle": 1, "fraction": 0.2, "selected_class_counts": [3, 1]},
+    ]
+    text = report.class_balance_table(recs)
+    # a: one class only, then 2/2; b: 1/1, then 4/2 (entropy of (2/3, 1/3) in bits = 0.918).
+    assert "| a | 0.000 (min 0) | 1.000 (min 2) |" in text
+    assert "| b | 1.000 (min 1) | 0.918 (min 2) |" in text
+    assert report.class_balance_table([{k: v for k, v in recs[0].items() if k[0] != "s"}]) == ""
