@@ -375,19 +375,9 @@ def run_cycles(
             raise ValueError(f"beta={context.beta} is below its minimum {lowest:.4g} ((k-1)*C/N)")
     spec_dropout = DBAL_DROPOUT if method in NEEDS_MC_DROPOUT else 0.0
     init_key = named_key(key, "main_init")
-    root_digest = _digest(
-        "init",
-        jax.random.key_data(init_key),
-        repr(
-            (
-                tuple(model),
-                spec_dropout,
-                warm_start,
-                _settings_key(settings),
-                tuple(mean),
-                tuple(std),
-            )
-        ),
+    ndev = mesh.devices.size if mesh is not None else jax.device_count()
+    root_digest = lineage_root(
+        init_key, (tuple(model), spec_dropout, warm_start), settings, mean, std, ndev
     )
 
     def fresh_model(cycle: int) -> VGG16:
@@ -532,6 +522,22 @@ def run_cycles(
         if on_cycle is not None:
             on_cycle(record)
     return records
+
+
+def lineage_root(init_key, model_key: tuple, settings: TrainSettings, mean, std, ndev: int):
+    """The digest every model of one (seed, method) chain descends from (`ModelStore` keys).
+
+    It hashes the initial weights' key, the network, the training settings, the input
+    normalisation and, when data parallel, the device count: data parallelism changes the
+    float summation order and so the trained weights, so models trained on other device
+    counts are not the same model (1 device keeps the digests of older runs).
+    """
+    return _digest(
+        "init",
+        jax.random.key_data(init_key),
+        repr((*model_key, _settings_key(settings), tuple(mean), tuple(std))),
+        *([] if ndev == 1 else [f"devices={ndev}"]),
+    )
 
 
 def _digest(*parts) -> str:

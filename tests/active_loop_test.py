@@ -6,7 +6,14 @@ import jax
 import numpy as np
 from sklearn.datasets import load_digits
 
-from bal_jax.active_loop import ModelSpec, Split, TrainSettings, run_cycles, search_beta
+from bal_jax.active_loop import (
+    ModelSpec,
+    Split,
+    TrainSettings,
+    lineage_root,
+    run_cycles,
+    search_beta,
+)
 from bal_jax.checkpoint import ModelStore
 from bal_jax.methods import SelectionContext
 from bal_jax.train import Recipe
@@ -107,3 +114,12 @@ def test_beta_candidates_share_the_first_cycle_with_the_bal_run(tmp_path):
     runs = cycles("bal", pool, test, val, store, context=context._replace(beta=result.beta))
     # Both cycles of the chosen beta were trained during the search.
     assert all(r["shared_model"] for r in runs)
+
+
+def test_models_trained_on_other_device_counts_are_other_models():
+    key, spec = jax.random.key(0), (tuple(SPEC), 0.0, True)
+    root = lineage_root(key, spec, SETTINGS, MEAN, STD, 1)
+    assert root == lineage_root(key, spec, SETTINGS, MEAN, STD, 1)
+    assert root != lineage_root(key, spec, SETTINGS, MEAN, STD, 2)
+    assert root != lineage_root(key, spec, SETTINGS._replace(learning_rate=0.1), MEAN, STD, 1)
+    assert root != lineage_root(jax.random.key(1), spec, SETTINGS, MEAN, STD, 1)
