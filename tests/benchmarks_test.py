@@ -228,3 +228,11 @@ def test_bal_run_reports_every_phase(tmp_path, monkeypatch):
     text = out.read_text()
     for phase in ("pretext training", "clustering", "main-task training", "selection", "total"):
         assert f"| {phase}" in text or f"| **{phase}" in text, phase
+
+
+def test_host_devices_table_reports_speedups_over_one_device():
+    from benchmarks import host_devices
+
+    text = host_devices.table({1: [0.2, 0.22, 0.21], 2: [0.1, 0.11, 0.1]}, steps=8, width=0.125)
+    assert "| 1 | 0.2100 | 4.8 | 1.00x |" in text
+    assert "| 2 | 0.1000 | 10.0 | 2.00x |" in text
