@@ -72,6 +72,13 @@ def accuracy_table(records: Sequence[dict], methods: Sequence[str] | None = None
         lines.append(f"| {m} | " + " | ".join(row) + " |")
     lines.append("")
     lines.append(f"Test accuracy (%), mean ± std over {len(seeds)} seed(s) {seeds}.")
+    partial = {
+        m: sorted({r.get("seed", 0) for r in records if r["method"] == m})
+        for m in _method_order(records, methods)
+    }
+    partial = {m: s for m, s in partial.items() if s != seeds}
+    if partial:
+        lines.append("Fewer seeds for " + "; ".join(f"{m}: {s}" for m, s in partial.items()) + ".")
     if failed:
         lines.append(
             "collapsed: that seed's model predicted one class for most validation images "

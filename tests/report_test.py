@@ -97,3 +97,13 @@ def test_class_balance_table_accumulates_counts_over_cycles():
     assert "| a | 0.000 (min 0) | 1.000 (min 2) |" in text
     assert "| b | 1.000 (min 1) | 0.918 (min 2) |" in text
     assert report.class_balance_table([{k: v for k, v in recs[0].items() if k[0] != "s"}]) == ""
+
+
+def test_accuracy_table_names_methods_with_fewer_seeds():
+    recs = [
+        {"method": m, "seed": s, "fraction": 0.1, "accuracy": 0.5}
+        for m, seeds in (("a", (0, 1, 2)), ("b", (0,)))
+        for s in seeds
+    ]
+    text = report.accuracy_table(recs)
+    assert "over 3 seed(s) [0, 1, 2]" in text and "Fewer seeds for b: [0]." in text
