@@ -25,11 +25,14 @@ from bal_jax.models import VGG16
 from bal_jax.precision import DTYPES
 from benchmarks import timing
 
-_EPOCHS = flags.DEFINE_integer("epochs", 12, "Training epochs.")
-_WIDTH = flags.DEFINE_float("width", 0.125, "VGG16 width.")
-_BATCH = flags.DEFINE_integer("batch_size", 64, "Batch size.")
-_LR = flags.DEFINE_float("lr", 0.05, "Learning rate (multistep, drops 10x at 3/4 of the run).")
-_OUT = flags.DEFINE_string("out", "benchmarks/results_bf16_digits.md", "Markdown output.")
+
+def define_flags() -> None:
+    """The command's flags (defined on demand: other commands own some of the names)."""
+    flags.DEFINE_integer("epochs", 12, "Training epochs.")
+    flags.DEFINE_float("width", 0.125, "VGG16 width.")
+    flags.DEFINE_integer("batch_size", 64, "Batch size.")
+    flags.DEFINE_float("lr", 0.05, "Learning rate (multistep, drops 10x at 3/4 of the run).")
+    flags.DEFINE_string("out", "benchmarks/results_bf16_digits.md", "Markdown output.")
 
 
 def run_one(dtype: str, *, epochs: int, width: float, batch_size: int, lr: float) -> dict:
@@ -73,7 +76,12 @@ def run_one(dtype: str, *, epochs: int, width: float, batch_size: int, lr: float
 
 def main(argv):
     del argv
-    settings = dict(epochs=_EPOCHS.value, width=_WIDTH.value, batch_size=_BATCH.value, lr=_LR.value)
+    settings = dict(
+        epochs=flags.FLAGS.epochs,
+        width=flags.FLAGS.width,
+        batch_size=flags.FLAGS.batch_size,
+        lr=flags.FLAGS.lr,
+    )
     machine = timing.machine_description()  # the load average at the start
     results = {dtype: run_one(dtype, **settings) for dtype in DTYPES}
     lines = [
@@ -82,7 +90,7 @@ def main(argv):
         f"lr {settings['lr']:g}",
         "",
         f"Command: `python -m benchmarks.bf16_digits --epochs={settings['epochs']} "
-        f"--out={_OUT.value}`. Same initial weights and key for both rows.",
+        f"--out={flags.FLAGS.out}`. Same initial weights and key for both rows.",
         "",
         timing.format_kv_table(machine),
         "",
@@ -104,10 +112,11 @@ def main(argv):
         "",
     ]
     text = "\n".join(lines)
-    with open(_OUT.value, "w") as f:
+    with open(flags.FLAGS.out, "w") as f:
         f.write(text)
     print(text)
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

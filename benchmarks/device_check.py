@@ -87,13 +87,16 @@ QUICK = dict(
     e2e_timeout=600,  # a shared 2-core CPU compiles every step of the run
 )
 
-_QUICK = flags.DEFINE_bool("quick", False, "Toy sizes: a plumbing check on any machine.")
-_OUT = flags.DEFINE_string("out", None, "Markdown output (default benchmarks/results_device.md).")
-_TESTS = flags.DEFINE_string("tests", None, "pytest selection (default: the GPU-runnable files).")
-_DATA = flags.DEFINE_string(
-    "data", "../shared/datasets/cifar10-jpg.tar.gz", "CIFAR-10 JPEG archive or folder (e2e)."
-)
-_SKIP = flags.DEFINE_list("skip", [], "Sections to skip: tests,train,infer,kmeans,kcenter,e2e.")
+
+def define_flags() -> None:
+    """The command's flags (defined on demand: other commands own some of the names)."""
+    flags.DEFINE_bool("quick", False, "Toy sizes: a plumbing check on any machine.")
+    flags.DEFINE_string("out", None, "Markdown output (default benchmarks/results_device.md).")
+    flags.DEFINE_string("tests", None, "pytest selection (default: the GPU-runnable files).")
+    flags.DEFINE_string(
+        "data", "../shared/datasets/cifar10-jpg.tar.gz", "CIFAR-10 JPEG archive or folder (e2e)."
+    )
+    flags.DEFINE_list("skip", [], "Sections to skip: tests,train,infer,kmeans,kcenter,e2e.")
 
 
 def peak_tflops(device_kind: str, dtype: str) -> float | None:
@@ -418,12 +421,17 @@ def run_checks(*, quick: bool, tests: str | None, data: str, skip=()) -> str:
 
 def main(argv):
     del argv
-    text = run_checks(quick=_QUICK.value, tests=_TESTS.value, data=_DATA.value, skip=_SKIP.value)
-    out = _OUT.value
+    text = run_checks(
+        quick=flags.FLAGS.quick,
+        tests=flags.FLAGS.tests,
+        data=flags.FLAGS.data,
+        skip=flags.FLAGS.skip,
+    )
+    out = flags.FLAGS.out
     if out is None:
         out = (
             os.path.join(tempfile.gettempdir(), "device_check_quick.md")
-            if _QUICK.value
+            if flags.FLAGS.quick
             else os.path.join(timing.REPO_ROOT, "benchmarks", "results_device.md")
         )
     with open(out, "w") as f:
@@ -433,4 +441,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

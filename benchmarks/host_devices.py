@@ -27,11 +27,15 @@ from absl import app, flags
 
 from benchmarks import timing
 
-_DEVICES = flags.DEFINE_list("devices", None, "Host device counts (default: 1, 2, nproc).")
-_STEPS = flags.DEFINE_integer("steps", 320, "Optimizer steps timed per run.")
-_ROUNDS = flags.DEFINE_integer("rounds", 3, "Alternating rounds (fresh processes each).")
-_WIDTH = flags.DEFINE_float("width", 0.125, "VGG16 width.")
-_OUT = flags.DEFINE_string("out", None, "Markdown file for the table (default: print only).")
+
+def define_flags() -> None:
+    """The command's flags (defined on demand: other commands own some of the names)."""
+    flags.DEFINE_list("devices", None, "Host device counts (default: 1, 2, nproc).")
+    flags.DEFINE_integer("steps", 320, "Optimizer steps timed per run.")
+    flags.DEFINE_integer("rounds", 3, "Alternating rounds (fresh processes each).")
+    flags.DEFINE_float("width", 0.125, "VGG16 width.")
+    flags.DEFINE_string("out", None, "Markdown file for the table (default: print only).")
+
 
 _WORKER = r"""
 import json, sys, time
@@ -112,11 +116,15 @@ def main(argv):
     if len(argv) > 1:
         sys.exit(f"error: unexpected arguments {argv[1:]}")
     ncpu = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    devices = sorted({int(d) for d in _DEVICES.value} if _DEVICES.value else {1, 2, ncpu or 1})
+    devices = sorted(
+        {int(d) for d in flags.FLAGS.devices} if flags.FLAGS.devices else {1, 2, ncpu or 1}
+    )
     if devices[0] < 1 or 64 % devices[-1]:
         sys.exit("error: --devices must be positive divisors of the batch size 64")
     t0 = time.perf_counter()
-    results = measure(devices, steps=_STEPS.value, rounds=_ROUNDS.value, width=_WIDTH.value)
+    results = measure(
+        devices, steps=flags.FLAGS.steps, rounds=flags.FLAGS.rounds, width=flags.FLAGS.width
+    )
     text = "\n".join(
         [
             "# Training speed by XLA host device count",
@@ -125,17 +133,18 @@ def main(argv):
             "",
             timing.format_kv_table(timing.machine_description()),
             "",
-            table(results, steps=_STEPS.value, width=_WIDTH.value),
+            table(results, steps=flags.FLAGS.steps, width=flags.FLAGS.width),
             "",
             f"Wall time {time.perf_counter() - t0:.0f} s.",
             "",
         ]
     )
     print(text)
-    if _OUT.value:
-        with open(_OUT.value, "w") as f:
+    if flags.FLAGS.out:
+        with open(flags.FLAGS.out, "w") as f:
             f.write(text)
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

@@ -31,14 +31,18 @@ from absl import app, flags
 
 from experiments import report
 
-_RUN = flags.DEFINE_multi_string(
-    "run", None, "WORKDIR[:METHOD[=NEW_NAME],...]; repeat for every run to merge."
-)
-_REFERENCE = flags.DEFINE_list(
-    "reference", None, "Methods (merged names) whose paired differences are tabled."
-)
-_OUT = flags.DEFINE_string("out", None, "Output folder.")
-_TITLE = flags.DEFINE_string("title", None, "Title of summary.md (default: from the runs).")
+
+def define_flags() -> None:
+    """The command's flags (defined on demand: other commands own some of the names)."""
+    flags.DEFINE_multi_string(
+        "run", None, "WORKDIR[:METHOD[=NEW_NAME],...]; repeat for every run to merge."
+    )
+    flags.DEFINE_list(
+        "reference", None, "Methods (merged names) whose paired differences are tabled."
+    )
+    flags.DEFINE_string("out", None, "Output folder.")
+    flags.DEFINE_string("title", None, "Title of summary.md (default: from the runs).")
+
 
 # Config fields that only change what the selection sees; compared runs may differ in them.
 SELECTION_FIELDS = frozenset(
@@ -189,25 +193,27 @@ def summary(records: Sequence[dict], runs, references: Sequence[str], title: str
 def main(argv):
     if len(argv) > 1:
         sys.exit(f"error: unexpected arguments {argv[1:]}; flags are --name=value")
+    fv = flags.FLAGS
     try:
-        if not _RUN.value or not _OUT.value:
+        if not fv.run or not fv.out:
             raise CompareError("give --run (one or more) and --out")
         runs = []
-        for spec in _RUN.value:
+        for spec in fv.run:
             workdir, names = parse_run(spec)
             config, records = load_run(workdir)
             runs.append((workdir, config, records, names))
         records = merge(runs)
-        title = _TITLE.value or "Comparison of " + ", ".join(w for w, *_ in runs)
-        text = summary(records, runs, _REFERENCE.value or [], title)
+        title = fv.title or "Comparison of " + ", ".join(w for w, *_ in runs)
+        text = summary(records, runs, fv.reference or [], title)
     except CompareError as e:
         sys.exit(f"error: {e}")
-    os.makedirs(_OUT.value, exist_ok=True)
-    report.atomic_write(os.path.join(_OUT.value, "summary.md"), text)
-    report.write_jsonl(os.path.join(_OUT.value, "results.jsonl"), records)
-    report.plot_curves(records, os.path.join(_OUT.value, "curves.png"), title=title)
+    os.makedirs(fv.out, exist_ok=True)
+    report.atomic_write(os.path.join(fv.out, "summary.md"), text)
+    report.write_jsonl(os.path.join(fv.out, "results.jsonl"), records)
+    report.plot_curves(records, os.path.join(fv.out, "curves.png"), title=title)
     print(text)
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

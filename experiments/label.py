@@ -31,39 +31,48 @@ from bal_jax.labeling.config import replace_settings
 
 COMMANDS = ("init", "next", "import", "status", "export", "predict")
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "The project folder.")
-_IMAGES = flags.DEFINE_string("images", None, "init: folder of images; predict: images to label.")
-_LABELS = flags.DEFINE_string(
-    "labels", None, "init/import: CSV (id,label or path,label), Label Studio JSON, or DIR/<class>."
-)
-_K = flags.DEFINE_integer("k", None, "next: images to pick (default: the round's budget).")
-_FORCE = flags.DEFINE_bool("force", False, "next: go on though the last round is not labeled.")
-_ADD_CLASSES = flags.DEFINE_bool("add_classes", False, "import: unknown labels become classes.")
-_CV = flags.DEFINE_bool("cv", True, "status: cross-validated accuracy on the labels so far.")
-_OUT = flags.DEFINE_string("out", None, "export: model folder; predict: CSV to write.")
-_MODEL = flags.DEFINE_string("model", None, "predict: an exported model (default: --workdir's).")
-
-# Settings of `init` (ProjectConfig); flag name -> (field, parser).
-flags.DEFINE_list("classes", None, "Class names (default: DIR/<class>/ folders or --labels).")
-flags.DEFINE_integer("image_size", None, "Side images are resized to (32, 64, ...).")
-flags.DEFINE_enum("budget", None, ["small", "medium", "large"], "The paper's budget schedule.")
-flags.DEFINE_integer("per_round", None, "Custom budget: images per round (with --rounds).")
-flags.DEFINE_integer("rounds", None, "Custom budget: number of rounds (with --per_round).")
-flags.DEFINE_float("width", None, "VGG16 channel multiplier.")
-flags.DEFINE_integer("seed", None, "Seed of every random draw.")
-flags.DEFINE_float("beta", None, "Balancing factor (default: the released code's per budget).")
-flags.DEFINE_integer("num_clusters", None, "K-means K (default: the number of classes).")
-flags.DEFINE_integer("cv_folds", None, "Folds of status's cross-validated accuracy.")
 _SETTINGS = {
     "pretext": ("pretext_epochs", "pretext_batch_size", "pretext_lr", "pretext_milestones"),
     "main": ("epochs", "batch_size", "lr", "milestones"),
 }
-for _stage in ("pretext_", ""):
-    flags.DEFINE_integer(f"{_stage}epochs", None, f"{_stage or 'main '}epochs.")
-    flags.DEFINE_integer(f"{_stage}batch_size", None, f"{_stage or 'main '}batch size.")
-    flags.DEFINE_float(f"{_stage}lr", None, f"{_stage or 'main '}learning rate.")
-    flags.DEFINE_list(f"{_stage}milestones", None, f"{_stage or 'main '}epochs where lr drops 10x.")
-flags.DEFINE_integer("eval_batch_size", None, "Inference batch size.")
+
+
+def define_flags() -> None:
+    """The command's flags (defined on demand: other commands own some of the names)."""
+    flags.DEFINE_string("workdir", None, "The project folder.")
+    flags.DEFINE_string("images", None, "init: folder of images; predict: images to label.")
+    flags.DEFINE_string(
+        "labels",
+        None,
+        "init/import: CSV (id,label or path,label), Label Studio JSON, or DIR/<class>.",
+    )
+    flags.DEFINE_integer("k", None, "next: images to pick (default: the round's budget).")
+    flags.DEFINE_bool("force", False, "next: go on though the last round is not labeled.")
+    flags.DEFINE_bool("add_classes", False, "import: unknown labels become classes.")
+    flags.DEFINE_bool("cv", True, "status: cross-validated accuracy on the labels so far.")
+    flags.DEFINE_string("out", None, "export: model folder; predict: CSV to write.")
+    flags.DEFINE_string("model", None, "predict: an exported model (default: --workdir's).")
+
+    # Settings of `init` (ProjectConfig).
+    flags.DEFINE_list("classes", None, "Class names (default: DIR/<class>/ folders or --labels).")
+    flags.DEFINE_integer("image_size", None, "Side images are resized to (32, 64, ...).")
+    flags.DEFINE_enum("budget", None, ["small", "medium", "large"], "The paper's budget schedule.")
+    flags.DEFINE_integer("per_round", None, "Custom budget: images per round (with --rounds).")
+    flags.DEFINE_integer("rounds", None, "Custom budget: number of rounds (with --per_round).")
+    flags.DEFINE_float("width", None, "VGG16 channel multiplier.")
+    flags.DEFINE_integer("seed", None, "Seed of every random draw.")
+    flags.DEFINE_float("beta", None, "Balancing factor (default: the released code's per budget).")
+    flags.DEFINE_integer("num_clusters", None, "K-means K (default: the number of classes).")
+    flags.DEFINE_integer("cv_folds", None, "Folds of status's cross-validated accuracy.")
+    for stage in ("pretext_", ""):
+        flags.DEFINE_integer(f"{stage}epochs", None, f"{stage or 'main '}epochs.")
+        flags.DEFINE_integer(f"{stage}batch_size", None, f"{stage or 'main '}batch size.")
+        flags.DEFINE_float(f"{stage}lr", None, f"{stage or 'main '}learning rate.")
+        flags.DEFINE_list(
+            f"{stage}milestones", None, f"{stage or 'main '}epochs where lr drops 10x."
+        )
+    flags.DEFINE_integer("eval_batch_size", None, "Inference batch size.")
+
 
 _FIELDS = {
     "classes": lambda v: tuple(x.strip() for x in v),
@@ -145,14 +154,15 @@ def format_status(s: dict) -> str:
     return "\n".join(lines)
 
 
-def _need(flag, command: str):
-    if flag.value is None:
-        raise LabelingError(f"{command} needs --{flag.name}")
-    return flag.value
+def _need(name: str, command: str):
+    value = flags.FLAGS[name].value
+    if value is None:
+        raise LabelingError(f"{command} needs --{name}")
+    return value
 
 
 def _open(command: str) -> LabelingProject:
-    project = LabelingProject.open(_need(_WORKDIR, command), log=_log)
+    project = LabelingProject.open(_need("workdir", command), log=_log)
     wanted = build_config(flags.FLAGS, project.config)
     if wanted != project.config:
         diff = [f for f, v in project.config.to_json().items() if wanted.to_json()[f] != v]
@@ -168,25 +178,27 @@ def run(command: str) -> None:
     if command == "init":
         config = build_config(flags.FLAGS, ProjectConfig())
         LabelingProject.create(
-            _need(_WORKDIR, command),
-            images=_need(_IMAGES, command),
+            _need("workdir", command),
+            images=_need("images", command),
             config=config,
-            labels=_LABELS.value,
+            labels=flags.FLAGS.labels,
             log=_log,
             progress=_progress(config.pretext.epochs),
         )
     elif command == "next":
-        rnd = _open(command).next_round(k=_K.value, force=_FORCE.value)
+        rnd = _open(command).next_round(k=flags.FLAGS.k, force=flags.FLAGS.force)
         print(f"label the {len(rnd.picks)} images listed in {rnd.csv_path}")
     elif command == "import":
-        _open(command).import_labels(_need(_LABELS, command), add_classes=_ADD_CLASSES.value)
+        _open(command).import_labels(_need("labels", command), add_classes=flags.FLAGS.add_classes)
     elif command == "status":
-        print(format_status(_open(command).status(cv=_CV.value)))
+        print(format_status(_open(command).status(cv=flags.FLAGS.cv)))
     elif command == "export":
-        _open(command).export(_need(_OUT, command))
+        _open(command).export(_need("out", command))
     elif command == "predict":
-        model = _MODEL.value or _latest_export()
-        result = predict_folder(model, _need(_IMAGES, command), out=_need(_OUT, command), log=_log)
+        model = flags.FLAGS.model or _latest_export()
+        result = predict_folder(
+            model, _need("images", command), out=_need("out", command), log=_log
+        )
         line = f"labeled {result['num_images']} images -> {result['out']}"
         if result["accuracy"] is not None:
             line += (
@@ -197,11 +209,11 @@ def run(command: str) -> None:
 
 
 def _latest_export() -> str:
-    if _WORKDIR.value is None:
+    if flags.FLAGS.workdir is None:
         raise LabelingError("predict needs --model (an exported model) or --workdir")
-    path = os.path.join(_WORKDIR.value, "exports.json")
+    path = os.path.join(flags.FLAGS.workdir, "exports.json")
     if not os.path.exists(path):
-        raise LabelingError(f"project {_WORKDIR.value} has no export yet; run export first")
+        raise LabelingError(f"project {flags.FLAGS.workdir} has no export yet; run export first")
     with open(path) as f:
         return json.load(f)["latest"]
 
@@ -221,4 +233,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

@@ -23,24 +23,27 @@ import time
 import numpy as np
 from absl import app, flags
 
-_SOURCE = flags.DEFINE_string("source", None, "Image-folder dataset with train/ and test/.")
-_OUT = flags.DEFINE_string("out", "/tmp/label_demo", "Scratch folder (images, project, model).")
-_NUM = flags.DEFINE_integer("num_images", 2000, "Training images to copy (same per class).")
-_PER_ROUND = flags.DEFINE_integer("per_round", 100, "Images per round.")
-_ROUNDS = flags.DEFINE_integer("rounds", 3, "Rounds.")
-_SEED = flags.DEFINE_integer("seed", 0, "Which images are copied, and the project's seed.")
-_SETTINGS = flags.DEFINE_list(
-    "settings",
-    [
-        "--width=0.125",
-        "--pretext_epochs=12",
-        "--pretext_milestones=9",
-        "--epochs=30",
-        "--batch_size=32",
-        "--milestones=24",
-    ],
-    "init flags for the networks.",
-)
+
+def define_flags() -> None:
+    """The command's flags (defined on demand: other commands own some of the names)."""
+    flags.DEFINE_string("source", None, "Image-folder dataset with train/ and test/.")
+    flags.DEFINE_string("out", "/tmp/label_demo", "Scratch folder (images, project, model).")
+    flags.DEFINE_integer("num_images", 2000, "Training images to copy (same per class).")
+    flags.DEFINE_integer("per_round", 100, "Images per round.")
+    flags.DEFINE_integer("rounds", 3, "Rounds.")
+    flags.DEFINE_integer("seed", 0, "Which images are copied, and the project's seed.")
+    flags.DEFINE_list(
+        "settings",
+        [
+            "--width=0.125",
+            "--pretext_epochs=12",
+            "--pretext_milestones=9",
+            "--epochs=30",
+            "--batch_size=32",
+            "--milestones=24",
+        ],
+        "init flags for the networks.",
+    )
 
 
 def _copy_images(source: str, out: str, num: int, seed: int) -> tuple[list[str], dict]:
@@ -91,14 +94,14 @@ def _annotate(workdir: str, r: int, truth: dict, out: str) -> tuple[str, list[st
 
 def main(argv):
     del argv
-    if _SOURCE.value is None:
+    if flags.FLAGS.source is None:
         raise app.UsageError("--source is required")
-    out = os.path.abspath(_OUT.value)
+    out = os.path.abspath(flags.FLAGS.out)
     if os.path.exists(out):
         shutil.rmtree(out)
     os.makedirs(out)
     t0 = time.perf_counter()
-    classes, truth = _copy_images(_SOURCE.value, out, _NUM.value, _SEED.value)
+    classes, truth = _copy_images(flags.FLAGS.source, out, flags.FLAGS.num_images, flags.FLAGS.seed)
     print(f"copied {len(truth)} images into {out}/images in {time.perf_counter() - t0:.1f}s")
     p = f"--workdir={out}/project"
     times: dict[str, float] = {}
@@ -108,16 +111,16 @@ def main(argv):
             f"--images={out}/images",
             p,
             f"--classes={','.join(classes)}",
-            f"--per_round={_PER_ROUND.value}",
-            f"--rounds={_ROUNDS.value}",
-            f"--seed={_SEED.value}",
-            *_SETTINGS.value,
+            f"--per_round={flags.FLAGS.per_round}",
+            f"--rounds={flags.FLAGS.rounds}",
+            f"--seed={flags.FLAGS.seed}",
+            *flags.FLAGS.settings,
         ],
         times,
         "init",
     )
     hists = []
-    for r in range(_ROUNDS.value):
+    for r in range(flags.FLAGS.rounds):
         _run(["next", p], times, f"next {r}")
         labels, ids = _annotate(f"{out}/project", r, truth, out)
         hist = {c: sum(truth[i] == c for i in ids) for c in classes}
@@ -127,7 +130,12 @@ def main(argv):
     _run(["status", p], times, "status")
     _run(["export", p, f"--out={out}/model"], times, "export")
     pred = _run(
-        ["predict", f"--model={out}/model", f"--images={_SOURCE.value}/test", f"--out={out}/p.csv"],
+        [
+            "predict",
+            f"--model={out}/model",
+            f"--images={flags.FLAGS.source}/test",
+            f"--out={out}/p.csv",
+        ],
         times,
         "predict",
     )
@@ -145,4 +153,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)
