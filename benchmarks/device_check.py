@@ -158,7 +158,8 @@ def _python(args: list[str], *, timeout: float) -> tuple[subprocess.CompletedPro
 
 def _run_tests(sizes: dict, selection: str) -> list[tuple[str, str, str]]:
     # pyproject's addopts already has -q; a second one would drop the "N passed" summary line.
-    args = ["-m", "pytest", "-p", "no:cacheprovider", *selection.split()]
+    # Serial (-n 0): two workers would each claim most of the accelerator's memory.
+    args = ["-m", "pytest", "-p", "no:cacheprovider", "-n", "0", *selection.split()]
     proc, seconds = _python(args, timeout=sizes["tests_timeout"])
     if proc is None:
         return [("test suite", f"timed out after {sizes['tests_timeout']} s", selection)]

@@ -9,34 +9,10 @@ import time
 
 import numpy as np
 import pytest
+from runner_util import ROOT, TINY, runner_cmd
+from runner_util import run_runner as _run
 
 from experiments import report
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = [
-    "--dataset=digits",
-    "--width=0.0625",
-    "--pretext_epochs=1",
-    "--epochs=2",
-    "--fractions=0.03,0.06,0.09",
-    "--method=bal,random",
-    "--beta_grid=1,2",
-    "--beta_search_cycles=2",
-    "--seeds=0",
-]
-
-
-def _cmd(workdir, *extra):
-    return [sys.executable, "-m", "experiments.main", f"--workdir={workdir}", *TINY, *extra]
-
-
-def _run(workdir, *extra, check=True):
-    proc = subprocess.run(
-        _cmd(workdir, *extra), cwd=ROOT, capture_output=True, text=True, timeout=600
-    )
-    if check and proc.returncode != 0:
-        raise AssertionError(f"runner failed:\n{proc.stderr[-3000:]}")
-    return proc
 
 
 def _comparable(records):
@@ -72,7 +48,7 @@ def test_kill_mid_run_then_resume_reproduces_clean_run(clean_run, tmp_path):
     workdir = str(tmp_path)
     results = os.path.join(workdir, "results.jsonl")
     # Its own pretext cache, so the kill can land anywhere from pretext training on.
-    cmd = _cmd(workdir, f"--pretext_dir={tmp_path / 'pretext'}")
+    cmd = runner_cmd(workdir, f"--pretext_dir={tmp_path / 'pretext'}")
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
@@ -102,20 +78,8 @@ def test_pretext_features_are_shared_across_budgets_not_across_pretext_settings(
     (cache,) = os.listdir(pretext_dir)
     assert os.path.exists(os.path.join(pretext_dir, cache, "seed0.npz"))
     shared = f"--pretext_dir={pretext_dir}"
-    other_budget = _run(
-        str(tmp_path / "other_budget"), shared, "--fractions=0.05,0.1", "--method=pt4al"
-    )
-    assert "pretext features loaded" in other_budget.stdout
-    other_pretext = _run(
-        str(tmp_path / "other_pretext"),
-        shared,
-        "--pretext_epochs=2",
-        "--fractions=0.05,0.1",
-        "--method=pt4al",
-    )
-    assert "pretext training" in other_pretext.stdout
-    assert len(os.listdir(pretext_dir)) == 2
-    # --pretext_seed=0: seed 1 re-uses seed 0's pretext features instead of training its own.
+    # Another budget, and seed 1 with --pretext_seed=0: seed 0's features are loaded, not
+    # trained again for the budget or for seed 1.
     shared_seed = _run(
         str(tmp_path / "shared_seed"),
         shared,
@@ -125,6 +89,15 @@ def test_pretext_features_are_shared_across_budgets_not_across_pretext_settings(
         "--method=pt4al",
     )
     assert "pretext features loaded" in shared_seed.stdout
+    other_pretext = _run(
+        str(tmp_path / "other_pretext"),
+        shared,
+        "--pretext_epochs=2",
+        "--fractions=0.05,0.1",
+        "--method=pt4al",
+    )
+    assert "pretext training" in other_pretext.stdout
+    assert len(os.listdir(pretext_dir)) == 2
     assert not os.path.exists(os.path.join(pretext_dir, cache, "seed1.npz"))
 
 
@@ -152,65 +125,6 @@ def test_workdir_of_another_config_is_refused(clean_run):
     proc = _run(clean_run[0], "--epochs=3", check=False)
     assert proc.returncode != 0
     assert "different configuration" in proc.stderr and "epochs" in proc.stderr
-
-
-@pytest.mark.parametrize(
-    ("flag", "message"),
-    [
-        ("--method=bal,bogus", "unknown method 'bogus'"),
-        ("--fractions=0.2,0.1", "increasing"),
-        ("--fractions=0.0001,0.0002", "too small"),
-        ("--beta=0.01", "below its minimum"),
-        ("--milestones=5,3", "strictly increasing"),
-        ("--dataset=nosuchdataset", "nosuchdataset"),
-        ("--pretext_seed=-1", "--pretext_seed must be >= 0"),
-    ],
-)
-def test_bad_flags_fail_fast_with_one_sentence(tmp_path, flag, message):
-    t0 = time.time()
-    proc = _run(str(tmp_path), flag, check=False)
-    assert proc.returncode != 0
-    assert message in proc.stderr
-    assert "Traceback" not in proc.stderr
-    assert time.time() - t0 < 60
-    assert not os.path.exists(os.path.join(tmp_path, "seed0"))
-
-
-CIFAR = os.path.join(ROOT, "..", "shared", "datasets", "cifar10-jpg.tar.gz")
-
-
-@pytest.mark.skipif(not os.path.exists(CIFAR), reason="shared CIFAR-10 tarball not present")
-def test_cifar10_cpu_preset_smoke(tmp_path):
-    """The real-data preset at toy size, so the preset cannot rot."""
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "experiments.main",
-            "--config=cifar10_cpu",
-            f"--workdir={tmp_path}",
-            "--train_subset=400",
-            "--val_size=100",
-            "--test_subset=200",
-            "--pretext_epochs=1",
-            "--epochs=1",
-            # The preset's small_data recipe trains at least 640 steps a cycle: too slow for a
-            # smoke run (noise_test and recipe_test cover it).
-            "--recipe=paper",
-            "--fractions=0.1,0.2",
-            "--beta_grid=1,2",
-            "--method=bal,pt4al,random,confidence,entropy,coreset",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    records = report.read_jsonl(os.path.join(tmp_path, "results.jsonl"))
-    assert len(records) == 6 * 2
-    assert [r["num_labeled"] for r in records if r["method"] == "bal"] == [30, 60]
-    assert "| coreset |" in proc.stdout
 
 
 def test_model_dir_shares_trained_models_across_runs(clean_run, tmp_path):

@@ -1,0 +1,31 @@
+"""The runner as a subprocess at toy size, for the runner tests."""
+
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = [
+    "--dataset=digits",
+    "--width=0.0625",
+    "--pretext_epochs=1",
+    "--epochs=2",
+    "--fractions=0.03,0.06,0.09",
+    "--method=bal,random",
+    "--beta_grid=1,2",
+    "--beta_search_cycles=2",
+    "--seeds=0",
+]
+
+
+def runner_cmd(workdir, *extra):
+    return [sys.executable, "-m", "experiments.main", f"--workdir={workdir}", *TINY, *extra]
+
+
+def run_runner(workdir, *extra, check=True):
+    proc = subprocess.run(
+        runner_cmd(workdir, *extra), cwd=ROOT, capture_output=True, text=True, timeout=600
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"runner failed:\n{proc.stderr[-3000:]}")
+    return proc
