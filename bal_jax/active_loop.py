@@ -26,7 +26,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from bal_jax import train
+from bal_jax import parallel, train
 from bal_jax.checkpoint import ModelStore, RunCheckpointer
 from bal_jax.methods import (
     HOT_START,
@@ -382,13 +382,18 @@ def run_cycles(
 
     def fresh_model(cycle: int) -> VGG16:
         k = init_key if warm_start else jax.random.fold_in(init_key, cycle)
-        return VGG16(
+        net = VGG16(
             model.num_classes,
             in_channels=model.in_channels,
             width=model.width,
             dropout=spec_dropout,
             rngs=nnx.Rngs(k),
         )
+        if mesh is not None:
+            # Replicated on the mesh from the start: checkpoints of several processes save and
+            # restore global arrays.
+            nnx.update(net, parallel.replicate(nnx.state(net), mesh))
+        return net
 
     net = fresh_model(0)
     label_cycle = np.full(pool_size, -1, np.int32)

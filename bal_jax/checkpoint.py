@@ -10,6 +10,10 @@ Usage::
 A step is the number of completed cycles. Orbax writes each step into a temporary
 directory and renames it when complete, so a process killed at any point leaves either
 the previous step or the new one, never a half-written checkpoint.
+
+Several processes (`jax.distributed`): every process calls `save` and `restore` with the same
+arguments; orbax writes each array once (from its first replica) and process 0 writes the rest.
+Pass states of global arrays (e.g. replicated on the mesh) and restore onto them.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+
+from bal_jax.parallel import barrier, is_primary
 
 
 class Restored(NamedTuple):
@@ -101,7 +107,7 @@ class ModelStore:
         store.save(digest, nnx.state(model), meta={"train_loss": 0.3})
 
     Each entry is written atomically (orbax writes to a temporary folder and renames it; the
-    metadata file, written last, marks the entry complete).
+    metadata file, written last by process 0, marks the entry complete).
     """
 
     def __init__(self, directory: str | os.PathLike):
@@ -128,11 +134,15 @@ class ModelStore:
         state_path, meta_path = self._paths(digest)
         if os.path.exists(meta_path):
             return
-        if os.path.exists(state_path):  # a save interrupted before its metadata: redo it
-            shutil.rmtree(state_path)
+        if is_primary() and os.path.exists(state_path):
+            shutil.rmtree(state_path)  # a save interrupted before its metadata: redo it
+        barrier(f"model store: {digest} cleared")
         self._ckptr.save(state_path, state)
         self._ckptr.wait_until_finished()
-        tmp = f"{meta_path}.tmp-{os.getpid()}"
-        with open(tmp, "w") as f:
-            json.dump(meta, f)
-        os.replace(tmp, meta_path)
+        if is_primary():
+            tmp = f"{meta_path}.tmp-{os.getpid()}"
+            with open(tmp, "w") as f:
+                json.dump(meta, f)
+            os.replace(tmp, meta_path)
+        # Every process sees the entry complete before any looks for it again.
+        barrier(f"model store: {digest} saved")

@@ -2,8 +2,8 @@
 
 Usage::
 
-  maybe_initialize_distributed(enabled=flags.multihost)  # before any other JAX call
-  mesh = make_mesh()                                     # all devices of all hosts
+  maybe_initialize_distributed(enabled=True)             # several processes: before any JAX call
+  mesh = make_mesh()                                     # all devices of all processes
   x_BHWC = shard_batch(x_host_BHWC, mesh)                # split along 'data'
   params = replicate(params, mesh)                       # a full copy on every device
 
@@ -13,18 +13,33 @@ gradients) becomes a cross-device all-reduce, so a data-parallel step computes t
 one device, up to float summation order.
 
 Multi-host: every process calls the same functions with the same global (host) arrays; the
-helpers build global ``jax.Array``s from each process's addressable shards.
+helpers build global ``jax.Array``s from each process's addressable shards, so each process feeds
+only its share of a batch, and replicated outputs come back whole on every process::
+
+  maybe_initialize_distributed(enabled=True, coordinator_address="10.0.0.1:1234",
+                               num_processes=2, process_id=0, timeout_s=300)
+  check_same_across_processes(json.dumps(config), what="configuration")
+  if is_primary():
+      write_results(...)
+  barrier("results written")
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
+import sys
+import threading
 from collections.abc import Sequence
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 DATA_AXIS = "data"
+# Seconds JAX's own connection timeout runs past ours (see maybe_initialize_distributed).
+_JAX_TIMEOUT_GRACE_S = 30
 
 
 def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
@@ -119,26 +134,40 @@ def replicate(tree, mesh: Mesh):
     return jax.tree.map(lambda x: _replicate_leaf(x, sharding), tree)
 
 
+class DistributedError(RuntimeError):
+    """The processes of a multi-process run cannot work together (one sentence says why)."""
+
+
 def maybe_initialize_distributed(
     *,
     enabled: bool,
     coordinator_address: str | None = None,
     num_processes: int | None = None,
     process_id: int | None = None,
+    timeout_s: int = 300,
 ) -> bool:
-    """Calls ``jax.distributed.initialize`` for a multi-host run, when asked.
+    """Calls ``jax.distributed.initialize`` for a multi-process run, when asked.
 
     Must run before anything else touches a JAX backend. With only ``enabled=True`` JAX detects the
-    cluster (Cloud TPU, SLURM, Open MPI...); pass the other arguments for a hand-made cluster.
+    cluster (Cloud TPU, SLURM, Open MPI...); pass the other arguments for a hand-made cluster (e.g.
+    ``python -m experiments.launch``). CPU processes reduce across processes through gloo.
+
+    A process whose peers do not all connect within ``timeout_s`` (an unreachable coordinator,
+    a process that never started) prints one sentence to stderr and exits with status 1: JAX
+    itself would abort it a little later with a C++ fatal error that Python cannot catch.
 
     Args:
-      enabled: whether to initialize (the runner's ``--multihost`` flag).
+      enabled: whether to initialize (the runner's ``--distributed`` flag).
       coordinator_address: ``host:port`` of process 0.
       num_processes: number of processes.
       process_id: this process's index.
+      timeout_s: how long to wait for every process to reach the coordinator.
 
     Returns:
       True if it initialized the distributed runtime.
+
+    Raises:
+      DistributedError: JAX refused the arguments.
     """
     if not enabled:
         return False
@@ -151,5 +180,69 @@ def maybe_initialize_distributed(
         )
         if v is not None
     }
-    jax.distributed.initialize(**kwargs)
+    # Only the CPU backend reads it: cross-process collectives of CPU devices (GPUs and TPUs
+    # bring their own).
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    where = coordinator_address or "the detected coordinator"
+    watchdog = threading.Timer(
+        timeout_s,
+        _exit_with,
+        args=(
+            f"error: the processes did not all reach the coordinator at {where} within "
+            f"{timeout_s}s: start every process with the same coordinator address and process "
+            "count, and check that process 0 runs there",
+        ),
+    )
+    watchdog.daemon = True
+    watchdog.start()
+    try:
+        jax.distributed.initialize(
+            **kwargs, initialization_timeout=timeout_s + _JAX_TIMEOUT_GRACE_S
+        )
+    except (ValueError, TypeError, RuntimeError) as e:
+        raise DistributedError(f"jax.distributed.initialize refused the arguments: {e}") from None
+    finally:
+        watchdog.cancel()
     return True
+
+
+def _exit_with(message: str) -> None:
+    sys.stderr.write(message + "\n")
+    sys.stderr.flush()
+    os._exit(1)  # the main thread is blocked inside JAX's connect call
+
+
+def is_primary() -> bool:
+    """Whether this process writes the run's files (process 0; always true on one process)."""
+    return jax.process_index() == 0
+
+
+def barrier(name: str) -> None:
+    """Waits until every process reaches the barrier called `name` (a no-op on one process)."""
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(name)
+
+
+def check_same_across_processes(
+    text: str, *, what: str, fix: str = "start every process with the same flags"
+) -> None:
+    """Refuses a run whose processes were given different inputs (a collective: all call it).
+
+    Args:
+      text: this process's view of something every process must agree on (e.g. the
+        configuration as JSON); only its SHA-256 travels between processes.
+      what: what `text` is, for the error message.
+      fix: what to do about a difference, for the error message.
+
+    Raises:
+      DistributedError: some process's `text` differs from process 0's.
+    """
+    if jax.process_count() == 1:
+        return
+    digest = np.frombuffer(hashlib.sha256(text.encode()).digest(), np.uint32)
+    all_PD = multihost_utils.process_allgather(digest)
+    differ = [p for p in range(all_PD.shape[0]) if not np.array_equal(all_PD[p], all_PD[0])]
+    if differ:
+        raise DistributedError(
+            f"process(es) {differ} have a different {what} than process 0: {fix}"
+        )

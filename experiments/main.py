@@ -3,8 +3,11 @@ r"""BAL experiment runner.
     python -m experiments.main                               # BAL + random on digits (CPU)
     python -m experiments.main --dataset=svhn --budget=small # paper settings (GPU/TPU)
     python -m experiments.main --method=bal,random,pt4al --seeds=0,1,2 --workdir=runs/x
+    python -m experiments.launch --num_processes=2 -- --workdir=runs/x   # 2 local processes
 
 Flags given explicitly override the preset (`--config`, default: the dataset's preset).
+Several processes (`--distributed`, README "Several hosts") run the same experiment on one mesh;
+process 0 logs and writes the results.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import time
 import jax
 from absl import app, flags, logging
 
+from bal_jax import parallel
 from experiments import config as config_lib
 from experiments.pipeline import ConfigError, run_experiment
 
@@ -94,7 +98,20 @@ flags.DEFINE_enum(
 flags.DEFINE_float("simclr_lr", None, "Adam learning rate of the simclr pretext.")
 flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"], "Compute dtype (bf16: GPU/TPU only).")
 flags.DEFINE_integer("steps_per_dispatch", None, "Optimizer steps per jitted call (GPU/TPU).")
-_DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize().")
+_DISTRIBUTED = flags.DEFINE_bool(
+    "distributed",
+    False,
+    "One of several processes: calls jax.distributed.initialize() (the cluster is detected on "
+    "TPU pods and SLURM; otherwise give the three flags below, as experiments.launch does).",
+)
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "host:port of process 0 (with --distributed)."
+)
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes (with --distributed).")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index, 0 first.")
+_DISTRIBUTED_TIMEOUT = flags.DEFINE_integer(
+    "distributed_timeout", 300, "Seconds to wait for every process to reach the coordinator."
+)
 
 # flag name -> (Config field, parser)
 _OVERRIDES = {
@@ -188,20 +205,35 @@ def main(argv):
         # Orbax and JAX log every checkpoint step at INFO; our own progress lines are printed.
         logging.set_verbosity(logging.WARNING)
     std_logging.getLogger("absl").addFilter(_DropOrbaxMergeNotice())
-    if _DISTRIBUTED.value:
-        jax.distributed.initialize()
-    _log(f"JAX {jax.__version__}, devices: {jax.devices()}")
+    given = [f.name for f in (_COORDINATOR, _NUM_PROCESSES, _PROCESS_ID) if f.value is not None]
+    if given and not _DISTRIBUTED.value:
+        sys.exit(f"error: --{', --'.join(given)} only apply with --distributed")
+    try:
+        parallel.maybe_initialize_distributed(
+            enabled=_DISTRIBUTED.value,
+            coordinator_address=_COORDINATOR.value,
+            num_processes=_NUM_PROCESSES.value,
+            process_id=_PROCESS_ID.value,
+            timeout_s=_DISTRIBUTED_TIMEOUT.value,
+        )
+    except parallel.DistributedError as e:
+        sys.exit(f"error: {e}")
+    # Process 0 speaks for the run; the others only report their own errors.
+    log = _log if parallel.is_primary() else lambda line: None
+    processes = f"{jax.process_count()} processes, " if jax.process_count() > 1 else ""
+    log(f"JAX {jax.__version__}, {processes}devices: {jax.devices()}")
     try:
         cfg = build_config(flags.FLAGS)
         workdir = default_workdir(cfg)
         run_experiment(
-            cfg, workdir, pretext_dir=_PRETEXT_DIR.value, model_dir=_MODEL_DIR.value, log=_log
+            cfg, workdir, pretext_dir=_PRETEXT_DIR.value, model_dir=_MODEL_DIR.value, log=log
         )
-    except ConfigError as e:
+    except (ConfigError, parallel.DistributedError) as e:
         sys.exit(f"error: {e}")
-    with open(f"{workdir}/summary.md") as f:
-        print(f.read())
-    print(f"Results in {workdir}/ (results.jsonl, summary.md, curves.png, selections.png)")
+    if parallel.is_primary():
+        with open(f"{workdir}/summary.md") as f:
+            print(f.read())
+        print(f"Results in {workdir}/ (results.jsonl, summary.md, curves.png, selections.png)")
 
 
 if __name__ == "__main__":

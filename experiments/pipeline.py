@@ -22,6 +22,11 @@ Trained main-task models can be shared by runs too (`model_dir`): a model's dige
 everything its weights depend on (seed's initial weights and training keys, recipe, every
 labeled set of its warm-start chain and their images and labels), so two runs that differ
 only in their pretext or their methods train the shared random set and the baselines once.
+
+Several processes (`jax.distributed`): every process runs the same code on the same data and
+keys and makes the same selections; only process 0 writes these files (the orbax checkpoints
+are written by all, orbax's way). The workdir and the caches must be on a file system that
+every process sees.
 """
 
 from __future__ import annotations
@@ -52,7 +57,7 @@ from bal_jax.atomic import atomic_path
 from bal_jax.checkpoint import ModelStore, RunCheckpointer
 from bal_jax.diagnostics import knn_accuracy
 from bal_jax.methods import NEEDS_BETA, SelectionContext, bal_order
-from bal_jax.parallel import make_mesh
+from bal_jax.parallel import barrier, check_same_across_processes, is_primary, make_mesh
 from bal_jax.train import RECIPES
 from experiments import report
 from experiments.config import Config
@@ -119,12 +124,16 @@ def load_data(c: Config) -> Data:
 
 
 def check_writable(folder: str, what: str) -> None:
-    """Creates `folder` and writes a probe file in it; ConfigError with one sentence if not."""
+    """Creates `folder` and writes a probe file in it; ConfigError with one sentence if not.
+
+    Every process probes (orbax checkpoints are written by all), each with its own file.
+    """
+    probe = os.path.join(folder, f".write-probe-{jax.process_index()}")
     try:
         os.makedirs(folder, exist_ok=True)
-        with atomic_path(os.path.join(folder, ".write-probe")) as tmp, open(tmp, "w") as f:
+        with atomic_path(probe) as tmp, open(tmp, "w") as f:
             f.write("ok\n")
-        os.unlink(os.path.join(folder, ".write-probe"))
+        os.unlink(probe)
     except OSError as e:
         raise ConfigError(f"cannot write to the {what} {folder}: {e.strerror or e}") from None
 
@@ -142,8 +151,16 @@ def _bind_workdir(workdir: str, c: Config) -> None:
                 f"workdir {workdir} belongs to a different configuration (differs in: "
                 f"{', '.join(diff)}); use another --workdir or the same settings"
             )
-    else:
+    elif is_primary():
         report.atomic_write(path, json.dumps(fp, indent=2, sort_keys=True) + "\n")
+    barrier("workdir bound")
+    # Every process must see process 0's files, or their resumes would differ.
+    with open(path) as f:
+        check_same_across_processes(
+            f.read(),
+            what=f"view of {path}",
+            fix="put the workdir on a file system that every process sees",
+        )
 
 
 def _save_npz(path: str, **arrays) -> None:
@@ -209,9 +226,8 @@ def pretext_cache_dir(c: Config, pretext_dir: str) -> str:
     settings["pretext_code_version"] = PRETEXT_CODE_VERSION
     blob = json.dumps(settings, sort_keys=True)
     path = os.path.join(pretext_dir, hashlib.sha256(blob.encode()).hexdigest()[:12])
-    os.makedirs(path, exist_ok=True)
     meta = os.path.join(path, "settings.json")
-    if not os.path.exists(meta):
+    if is_primary() and not os.path.exists(meta):
         report.atomic_write(meta, json.dumps(settings, indent=2, sort_keys=True) + "\n")
     return path
 
@@ -260,7 +276,9 @@ def _seed_context(
         feats, losses, val_feats = outs.features_ND, outs.losses_N, outs.probe_features_MD
         info = {f"{k}_s": round(v, 2) for k, v in outs.seconds.items()}
         extra = {} if val_feats is None else {"val_features": val_feats}
-        _save_npz(path, features=feats, losses=losses, info=json.dumps(info), **extra)
+        if is_primary():
+            _save_npz(path, features=feats, losses=losses, info=json.dumps(info), **extra)
+        barrier("pretext features saved")
         log(f"pretext training {info['pretext_s']:.1f}s, features {info['features_s']:.1f}s")
     if val_feats is not None and d.val.labels.size > 1:
         # Feature quality, measured on the labeled validation split only (issue 11).
@@ -312,7 +330,8 @@ def _search_beta(
     def on_score(beta, score):
         done[beta] = score
         state["scores"] = {str(b): s for b, s in sorted(done.items())}
-        report.atomic_write(path, json.dumps(state, indent=2) + "\n")
+        if is_primary():
+            report.atomic_write(path, json.dumps(state, indent=2) + "\n")
 
     result = search_beta(
         # The seed's own key: the candidate that wins is exactly the BAL run's first cycles,
@@ -337,7 +356,8 @@ def _search_beta(
         method=method,
     )
     state.update(beta=result.beta, seconds=round(result.seconds + state.get("seconds", 0.0), 2))
-    report.atomic_write(path, json.dumps(state, indent=2) + "\n")
+    if is_primary():
+        report.atomic_write(path, json.dumps(state, indent=2) + "\n")
     # The total over every invocation: a resumed search must not report its 0 s alone.
     log(
         f"beta = {result.beta:g} (validation scores {result.scores}, search "
@@ -390,7 +410,22 @@ def run_experiment(
       curves.png and selections.png.
     """
     c = config
+    # Processes started with different flags would part ways at the first file they read.
+    check_same_across_processes(
+        json.dumps([dataclasses.asdict(c), workdir, pretext_dir, model_dir], sort_keys=True),
+        what="configuration",
+    )
     check_config(c)
+    mesh = make_mesh()
+    ndev = mesh.devices.size
+    nproc = jax.process_count()
+    devices = f"{ndev} devices" + (f" of the {nproc} processes" if nproc > 1 else "")
+    for name in ("batch_size", "pretext_batch_size", "eval_batch_size"):
+        if getattr(c, name) % ndev:
+            raise ConfigError(
+                f"--{name}={getattr(c, name)} must be a multiple of the {devices} "
+                "(the batch is split evenly over them)"
+            )
     t_start = time.perf_counter()
     d = load_data(c)
     pool_size = d.pool.images.shape[0]
@@ -398,14 +433,6 @@ def run_experiment(
         c, pool_size=pool_size, val_size=d.val.images.shape[0], num_classes=len(d.class_names)
     )
     counts = plan.counts
-    mesh = make_mesh()
-    ndev = mesh.devices.size
-    for name in ("batch_size", "pretext_batch_size", "eval_batch_size"):
-        if getattr(c, name) % ndev:
-            raise ConfigError(
-                f"--{name}={getattr(c, name)} must be a multiple of the {ndev} devices "
-                "(the batch is split evenly over them)"
-            )
     _bind_workdir(workdir, c)
     if pretext_dir is None:
         pretext_dir = default_pretext_dir(workdir)
@@ -425,12 +452,12 @@ def run_experiment(
     meta: dict = {"seeds": {}}
 
     def publish():
-        report.write_jsonl(os.path.join(workdir, "results.jsonl"), all_records)
+        if is_primary():
+            report.write_jsonl(os.path.join(workdir, "results.jsonl"), all_records)
 
     for seed in c.seeds:
         key = jax.random.key(seed)
         seed_dir = os.path.join(workdir, f"seed{seed}")
-        os.makedirs(seed_dir, exist_ok=True)
         store = ModelStore(model_dir or os.path.join(seed_dir, "models"))
         needs_pretext = any(m in ("bal", "pt4al", "typiclust", "bal_typical") for m in c.methods)
         context, info = (
@@ -499,8 +526,9 @@ def run_experiment(
             all_records.sort(key=lambda r: (r["seed"], c.methods.index(r["method"]), r["cycle"]))
             publish()
     meta["wall_s"] = round(time.perf_counter() - t_start, 1)
-    report.atomic_write(os.path.join(workdir, "meta.json"), json.dumps(meta, indent=2) + "\n")
-    write_reports(c, d, plan, all_records, meta, workdir)
+    if is_primary():
+        report.atomic_write(os.path.join(workdir, "meta.json"), json.dumps(meta, indent=2) + "\n")
+        write_reports(c, d, plan, all_records, meta, workdir)
     return all_records
 
 
