@@ -21,7 +21,9 @@ def _comparable(records):
 
 @pytest.fixture(scope="module")
 def clean_run(tmp_path_factory):
-    workdir = str(tmp_path_factory.mktemp("clean"))
+    # A private parent: the default pretext cache lives beside the workdir, and the basetemp
+    # directory is shared with every other test of this xdist worker.
+    workdir = str(tmp_path_factory.mktemp("pipeline") / "clean")
     proc = _run(workdir, f"--model_dir={os.path.join(os.path.dirname(workdir), 'models')}")
     return workdir, proc
 
