@@ -26,7 +26,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from bal_jax import parallel, train
+from bal_jax import parallel, patch_features, train
 from bal_jax.checkpoint import ModelStore, RunCheckpointer
 from bal_jax.methods import (
     HOT_START,
@@ -111,9 +111,9 @@ class PretextOutputs(NamedTuple):
     probe_features_MD: np.ndarray | None = None  # features of `probe_images`, if given
 
 
-# Pretext tasks of `pretext_outputs`: the paper's rotation prediction (SPEC Step 1) and
-# SimCLR instance discrimination (issue 11).
-PRETEXTS = ("rotation", "simclr")
+# Pretext tasks of `pretext_outputs`: the paper's rotation prediction (SPEC Step 1), SimCLR
+# instance discrimination and k-means patch features without a network (issue 11).
+PRETEXTS = ("rotation", "simclr", "patches")
 
 
 def named_key(key: jax.Array, name: str) -> jax.Array:
@@ -212,7 +212,9 @@ def pretext_outputs(
       mean, std: per-channel normalisation.
       mesh: optional device mesh.
       progress: ``callable(epoch, metrics)`` per epoch.
-      pretext: 'rotation' (the paper's, SPEC Step 1) or 'simclr' (``fit_contrastive``).
+      pretext: 'rotation' (the paper's, SPEC Step 1), 'simclr' (``fit_contrastive``) or
+        'patches' (``bal_jax.patch_features``: no network; `model`, `settings` and
+        `feature_layer` other than 'final' do not apply).
       feature_layer: 'final' (the paper's penultimate features, of the upright image) or a
         global-average-pooled block ('block1'..'block5', ``VGG16.layer_features``).
       probe_images: optional (M, H, W, C) uint8 images (the validation split) whose features
@@ -223,12 +225,14 @@ def pretext_outputs(
 
     Returns:
       ``PretextOutputs``: pool features, per-image rotation losses (what PT4AL sorts by; NaN
-      for 'simclr', which has none), timings, probe features.
+      for 'simclr' and 'patches', which have none), timings, probe features.
     """
     if feature_view not in FEATURE_VIEWS:
         raise ValueError(f"feature_view must be one of {FEATURE_VIEWS}, got {feature_view!r}")
     if pretext not in PRETEXTS:
         raise ValueError(f"unknown pretext {pretext!r}; choose one of {PRETEXTS}")
+    if pretext == "patches":
+        return _patch_outputs(key, images, probe_images)
     init = nnx.Rngs(named_key(key, "init"))
     t0 = time.perf_counter()
     if pretext == "rotation":
@@ -272,6 +276,20 @@ def pretext_outputs(
         losses = np.full((images.shape[0],), np.nan, np.float32)
     seconds = {"pretext": t1 - t0, "features": time.perf_counter() - t1}
     return PretextOutputs(features, losses, seconds, probe)
+
+
+def _patch_outputs(key, images, probe_images) -> PretextOutputs:
+    t0 = time.perf_counter()
+    transform = patch_features.fit_patch_features(named_key(key, "patches"), np.asarray(images))
+    t1 = time.perf_counter()
+    features = patch_features.patch_features(transform, np.asarray(images))
+    probe = None
+    if probe_images is not None:
+        probe = patch_features.patch_features(transform, np.asarray(probe_images))
+    losses = np.full((features.shape[0],), np.nan, np.float32)
+    return PretextOutputs(
+        features, losses, {"pretext": t1 - t0, "features": time.perf_counter() - t1}, probe
+    )
 
 
 def _predict_pool(

@@ -90,10 +90,11 @@ class Config:
     fractions_of: str = "pool"  # budget fractions of the "pool" or the whole "train" set
     drop_classes: tuple[str, ...] = ()  # e.g. Caltech-101's background_google
     resplit_test_fraction: float | None = None  # pool train+test, draw a new test split
-    # Pretext task (issue 11): 'rotation' (the paper's, SPEC Step 1) or 'simclr' (instance
+    # Pretext task (issue 11): 'rotation' (the paper's, SPEC Step 1), 'simclr' (instance
     # discrimination; trained with Adam at `simclr_lr`, warm-up + cosine, for `pretext_epochs`
-    # epochs of `pretext_batch_size` images x 2 views). PT4AL needs rotation losses: the
-    # runner refuses pt4al with 'simclr'.
+    # epochs of `pretext_batch_size` images x 2 views) or 'patches' (k-means patch features,
+    # bal_jax.patch_features: no network, no training settings). PT4AL needs rotation losses:
+    # the runner refuses pt4al with the other two.
     pretext: str = "rotation"
     # Pretext features BAL clusters: 'final' (the paper's) or a global-average-pooled block
     # of the backbone, 'block1'..'block5'.

@@ -88,7 +88,12 @@ flags.DEFINE_integer("window_budget", None, "A of --window_variant=released (its
 flags.DEFINE_enum("fractions_of", None, ["pool", "train"], "What budget fractions are of.")
 flags.DEFINE_list("drop_classes", None, "Class names to drop, e.g. background_google.")
 flags.DEFINE_float("resplit_test_fraction", None, "Pool train+test and draw this test share.")
-flags.DEFINE_enum("pretext", None, ["rotation", "simclr"], "Pretext task (default rotation).")
+flags.DEFINE_enum(
+    "pretext",
+    None,
+    ["rotation", "simclr", "patches"],
+    "Pretext features (default rotation, the paper's); patches: k-means patch features.",
+)
 flags.DEFINE_enum(
     "feature_layer",
     None,

@@ -92,6 +92,14 @@ def check_config(c: Config) -> None:
         f"--feature_layer must be one of {', '.join(FEATURE_LAYERS)}",
     )
     need(c.simclr_lr > 0, f"--simclr_lr must be positive, got {c.simclr_lr}")
+    need(
+        c.pretext != "patches" or c.feature_layer == "final",
+        "--pretext=patches has no network layers: leave --feature_layer at final",
+    )
+    need(
+        c.pretext != "patches" or c.pretext_feature == "upright",
+        "--pretext=patches has no rotations: leave --pretext_feature at upright",
+    )
     if c.pretext != "rotation":
         # PT4AL ranks by rotation losses; training a second (rotation) network just for it
         # would double the pretext cost, so the combination is refused instead.

@@ -41,6 +41,24 @@ def test_pretext_outputs_simclr_block_features_and_probe():
         )
 
 
+def test_pretext_outputs_patches_pool_and_probe_features():
+    rng = np.random.default_rng(0)
+    pool = rng.integers(0, 256, (40, 16, 16, 3), dtype=np.uint8)
+    outs = pretext_outputs(
+        jax.random.key(0),
+        pool,
+        model=ModelSpec(10, 3, 1 / 16),
+        settings=TrainSettings(epochs=1, batch_size=16, learning_rate=1e-3),
+        mean=(0.5,) * 3,
+        std=(0.25,) * 3,
+        pretext="patches",
+        probe_images=pool[:5],
+    )
+    assert outs.features_ND.shape == (40, 39) and outs.probe_features_MD.shape == (5, 39)
+    np.testing.assert_allclose(outs.probe_features_MD, outs.features_ND[:5], rtol=1e-4, atol=1e-4)
+    assert np.isnan(outs.losses_N).all() and set(outs.seconds) == {"pretext", "features"}
+
+
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
@@ -48,6 +66,9 @@ def test_pretext_outputs_simclr_block_features_and_probe():
         ({"pretext": "simclr", "indicator": "pretext_loss"}, "needs rotation losses"),
         ({"pretext": "moco"}, "--pretext must be one of"),
         ({"feature_layer": "block7"}, "--feature_layer must be one of"),
+        ({"pretext": "patches", "methods": ("pt4al",)}, "pt4al ranks images by rotation"),
+        ({"pretext": "patches", "feature_layer": "block3"}, "no network layers"),
+        ({"pretext": "patches", "pretext_feature": "random_rotation"}, "has no rotations"),
     ],
 )
 def test_bad_pretext_options_are_refused_before_training(changes, message):
@@ -65,6 +86,7 @@ def test_cache_key_unchanged_by_defaults_and_split_by_options(tmp_path):
         key(dataclasses.replace(base, pretext="simclr")),
         key(dataclasses.replace(base, pretext="simclr", simclr_lr=3e-3)),
         key(dataclasses.replace(base, feature_layer="block4")),
+        key(dataclasses.replace(base, pretext="patches")),
     }
-    assert len(keys) == 4
+    assert len(keys) == 5
     check_config(dataclasses.replace(base, pretext="simclr", methods=("bal_typical", "random")))
