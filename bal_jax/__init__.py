@@ -6,12 +6,14 @@
                                 num_cycles=5, k=1000, beta=1.2, probs=probs_NC)
 
 Submodules: `kmeans`, `subpools`, `sampling`, `methods`, `typical` (the `bal_typical`
-variant), `diagnostics` (feature quality), `budgets`, `models`, `train`, `data`, `parallel`,
+variant), `patch_features` (k-means patch features, no network), `diagnostics` (feature
+quality), `budgets`, `models`, `train`, `data`, `parallel`,
 `precision`, `active_loop`, `checkpoint`, `labeling` (`LabelingProject`: label your own
 images round by round).
 """
 
 from bal_jax import data as data
+from bal_jax import patch_features as patch_features
 from bal_jax import sampling as sampling
 from bal_jax import train as train
 from bal_jax.budgets import budget_fractions as budget_fractions
@@ -31,6 +33,7 @@ from bal_jax.methods import BALOptions as BALOptions
 from bal_jax.methods import bal_order as bal_order
 from bal_jax.methods import bal_select as bal_select
 from bal_jax.methods import select as select
+from bal_jax.methods import switch_cycle as switch_cycle
 from bal_jax.models import VGG16 as VGG16
 from bal_jax.models import rotation_net as rotation_net
 from bal_jax.parallel import make_mesh as make_mesh

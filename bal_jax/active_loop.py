@@ -428,7 +428,9 @@ def run_cycles(
             digest = records[-1].get("model_digest") if records else None
             log(f"[{method}] resumed after cycle {start} of {num_cycles}")
 
-    method_key = named_key(key, method)
+    # bal_switch's typical cycles are TypiClust's own picks (the same keys), so the two share
+    # their trained models and differ only from the switch on.
+    method_key = named_key(key, "typiclust" if method == "bal_switch" else method)
     for cycle in range(start, num_cycles if stop_after is None else stop_after):
         times: dict[str, float] = {}
         labeled_mask = label_cycle >= 0

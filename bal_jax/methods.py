@@ -36,14 +36,19 @@ METHODS = (
     "badge",
     "typiclust",
     "bal_typical",
+    "bal_switch",
 )
 # Methods that choose their own first labeled set; the rest start from a random set that
 # is shared by all of them for a given seed.
-HOT_START = frozenset({"bal", "pt4al", "typiclust", "bal_typical"})
+HOT_START = frozenset({"bal", "pt4al", "typiclust", "bal_typical", "bal_switch"})
 # What each method needs from the main model of the previous cycle.
-NEEDS_PROBS = frozenset({"bal", "pt4al", "confidence", "entropy", "margin", "badge", "bal_typical"})
+NEEDS_PROBS = frozenset(
+    {"bal", "pt4al", "confidence", "entropy", "margin", "badge", "bal_typical", "bal_switch"}
+)
 # Methods that draw from BAL's sub-pools and so need a beta (paper Eq. 9).
-NEEDS_BETA = frozenset({"bal", "bal_typical"})
+NEEDS_BETA = frozenset({"bal", "bal_typical", "bal_switch"})
+# Methods that select with the pretext features.
+NEEDS_PRETEXT = frozenset({"bal", "pt4al", "typiclust", "bal_typical", "bal_switch"})
 NEEDS_FEATURES = frozenset({"coreset", "badge"})
 NEEDS_MC_DROPOUT = frozenset({"dbal"})
 
@@ -334,6 +339,27 @@ class SelectionContext(NamedTuple):
     bal_options: BALOptions = BALOptions()
     # The released PT4AL ranks by max softmax(z / ||z||) (SPEC Step 5, baselines).
     pt4al_normalize_logits: bool = True
+    # bal_switch: TypiClust picks while fewer than this fraction of the pool is labeled.
+    switch_fraction: float = 0.1
+
+
+def switch_cycle(counts, *, pool_size: int, switch_fraction: float) -> int:
+    """The first cycle ``bal_switch`` draws from BAL's sub-pools (``len(counts)``: none).
+
+    ``--method=bal_switch`` is a documented variant of BAL for budgets that start low (the
+    paper's BAL, ``bal``, stays as it is): while fewer than ``switch_fraction`` of the pool is
+    labeled it picks typical images (TypiClust, Hacohen et al. 2022, whose experiments show
+    typical examples win at low budgets and uncertain ones at high budgets); from the first
+    cycle that starts at or above that fraction on it is the paper's BAL, SPEC Step 5 (the
+    least confident images of the cycle's adaptive sub-pool D_i, Eq. 6-8, beta by Eq. 9).
+    ``switch_fraction=0`` is the paper's BAL; at 1 it is TypiClust.
+    """
+    labeled = 0
+    for cycle, k in enumerate(counts):
+        if labeled >= switch_fraction * pool_size:
+            return cycle
+        labeled += int(k)
+    return len(counts)
 
 
 def select(
@@ -357,7 +383,9 @@ def select(
     """
     labeled_mask = np.asarray(labeled_mask, bool)
     unlabeled = ~labeled_mask
-    if method == "bal":
+    if method == "bal_switch" and labeled_mask.sum() < context.switch_fraction * labeled_mask.size:
+        method = "typiclust"  # low budget: typical first (see `switch_cycle`)
+    if method in ("bal", "bal_switch"):
         return bal_select(
             key,
             order=context.bal_order,

@@ -68,6 +68,7 @@ SELECTION_FIELDS = frozenset(
         "normalize_logits",
         "pt4al_normalize_logits",
         "subpools",
+        "switch_fraction",
         "window_budget",
         "window_variant",
     }

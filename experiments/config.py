@@ -100,6 +100,9 @@ class Config:
     # of the backbone, 'block1'..'block5'.
     feature_layer: str = "final"
     simclr_lr: float = 1e-3
+    # --method=bal_switch: TypiClust picks while fewer than this fraction of the pool is
+    # labeled, the paper's BAL after (bal_jax.methods.switch_cycle).
+    switch_fraction: float = 0.1
 
     @property
     def schedule(self) -> tuple[float, ...]:
@@ -121,7 +124,11 @@ class Config:
         for name in ("methods", "seeds", "preset"):
             d.pop(name)
         # At their defaults these are left out, so workdirs made before they existed stay valid.
-        for name, default in (("dtype", "float32"), ("steps_per_dispatch", 1)):
+        for name, default in (
+            ("dtype", "float32"),
+            ("steps_per_dispatch", 1),
+            ("switch_fraction", 0.1),
+        ):
             if d[name] == default:
                 d.pop(name)
         return json.loads(json.dumps(d))

@@ -101,6 +101,11 @@ flags.DEFINE_enum(
     "Pretext features to cluster: final (the paper's) or a pooled intermediate block.",
 )
 flags.DEFINE_float("simclr_lr", None, "Adam learning rate of the simclr pretext.")
+flags.DEFINE_float(
+    "switch_fraction",
+    None,
+    "bal_switch: typical picks while fewer than this fraction of the pool is labeled (0.1).",
+)
 flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"], "Compute dtype (bf16: GPU/TPU only).")
 flags.DEFINE_integer("steps_per_dispatch", None, "Optimizer steps per jitted call (GPU/TPU).")
 _DISTRIBUTED = flags.DEFINE_bool(
@@ -164,6 +169,7 @@ _OVERRIDES = {
     "pretext": ("pretext", str),
     "feature_layer": ("feature_layer", str),
     "simclr_lr": ("simclr_lr", float),
+    "switch_fraction": ("switch_fraction", float),
     "dtype": ("dtype", str),
     "steps_per_dispatch": ("steps_per_dispatch", int),
 }

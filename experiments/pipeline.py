@@ -56,7 +56,7 @@ from bal_jax.active_loop import (
 from bal_jax.atomic import atomic_path
 from bal_jax.checkpoint import ModelStore, RunCheckpointer
 from bal_jax.diagnostics import knn_accuracy
-from bal_jax.methods import NEEDS_BETA, SelectionContext, bal_order
+from bal_jax.methods import NEEDS_BETA, NEEDS_PRETEXT, SelectionContext, bal_order, switch_cycle
 from bal_jax.parallel import barrier, check_same_across_processes, is_primary, make_mesh
 from bal_jax.train import RECIPES
 from experiments import report
@@ -203,6 +203,9 @@ PRETEXT_FIELDS = (
 # Pretext settings left out of the cache key while they have their default, so that caches
 # written before they existed (rotation, final features) stay valid.
 PRETEXT_DEFAULTS = {"pretext": "rotation", "feature_layer": "final", "simclr_lr": 1e-3}
+# Documented variants of BAL (the paper's is `bal`): each has its own beta search and paired
+# differences in the summary.
+VARIANTS = ("bal_typical", "bal_switch")
 # Neighbours of the validation-split kNN accuracy of the pretext features (issue 11).
 KNN_K = 20
 
@@ -313,6 +316,7 @@ def _seed_context(
         beta=c.beta,
         bal_options=plan.bal_options(c),
         pt4al_normalize_logits=c.pt4al_normalize_logits,
+        switch_fraction=c.switch_fraction,
     )
     return context, info
 
@@ -459,7 +463,7 @@ def run_experiment(
         key = jax.random.key(seed)
         seed_dir = os.path.join(workdir, f"seed{seed}")
         store = ModelStore(model_dir or os.path.join(seed_dir, "models"))
-        needs_pretext = any(m in ("bal", "pt4al", "typiclust", "bal_typical") for m in c.methods)
+        needs_pretext = any(m in NEEDS_PRETEXT for m in c.methods)
         context, info = (
             _seed_context(c, d, plan, key, seed, pretext_dir, mesh, log)
             if needs_pretext
@@ -469,18 +473,30 @@ def run_experiment(
         if "bal" in c.methods and c.beta is None and c.subpools == "adaptive":
             beta, beta_state = _search_beta(c, d, plan, key, context, seed_dir, store, mesh, log)
             context = context._replace(beta=beta)
-        # The variant gets its own Eq. 9 search (its later-cycle sampler differs).
+        # Each variant gets its own Eq. 9 search (its picks differ from BAL's).
         variant_beta = {}
-        if "bal_typical" in c.methods and c.beta is None and c.subpools == "adaptive":
-            variant_beta["bal_typical"], variant_state = _search_beta(
-                c, d, plan, key, context, seed_dir, store, mesh, log, method="bal_typical"
+        for variant in VARIANTS:
+            if variant not in c.methods or c.beta is not None or c.subpools != "adaptive":
+                continue
+            if variant == "bal_switch" and switch_cycle(
+                plan.counts, pool_size=d.pool.images.shape[0], switch_fraction=c.switch_fraction
+            ) == len(plan.counts):
+                log(
+                    f"bal_switch: every cycle starts below --switch_fraction={c.switch_fraction:g}"
+                    " of the pool, so it picks typical images throughout and needs no beta"
+                )
+                variant_beta[variant] = None
+                continue
+            variant_beta[variant], variant_state = _search_beta(
+                c, d, plan, key, context, seed_dir, store, mesh, log, method=variant
             )
-            info["bal_typical_beta"] = variant_beta["bal_typical"]
-            info["bal_typical_beta_search_s"] = variant_state.get("seconds")
+            info[f"{variant}_beta"] = variant_beta[variant]
+            info[f"{variant}_beta_search_s"] = variant_state.get("seconds")
         meta["seeds"][seed] = {"phases": info, "beta": context.beta, "beta_search": beta_state}
         base_context = context
         for method in c.methods:
-            context = base_context._replace(beta=variant_beta.get(method, base_context.beta))
+            beta = variant_beta[method] if method in variant_beta else base_context.beta
+            context = base_context._replace(beta=beta)
             ckpt = RunCheckpointer(os.path.join(seed_dir, method))
             extra = {"seed": seed, "dataset": d.name, "budget": c.budget_name}
             if method in NEEDS_BETA:
@@ -554,7 +570,7 @@ def write_reports(
 ) -> None:
     table = report.accuracy_table(records, c.methods)
     paired = report.paired_difference_table(records, "bal", c.methods)
-    variant_paired = report.paired_difference_table(records, "bal_typical", c.methods)
+    variant_paired = [report.paired_difference_table(records, v, c.methods) for v in VARIANTS]
     balance = report.class_balance_table(records, c.methods)
     lines = [
         f"# BAL on {d.name}, {c.budget_name} budget",
@@ -562,7 +578,7 @@ def write_reports(
         table,
         "",
         *([paired, ""] if paired else []),
-        *([variant_paired, ""] if variant_paired else []),
+        *(line for t in variant_paired if t for line in (t, "")),
         *([balance, ""] if balance else []),
         f"Pool {d.pool.images.shape[0]} images, validation {d.val.images.shape[0]} "
         f"(beta search only), test {d.test.images.shape[0]} (reported only). "
@@ -602,17 +618,18 @@ def write_reports(
             + ", ".join(f"seed {s} {100 * v:.1f}%" for s, v in quality.items())
             + ".",
         ]
-    variant = {
-        s: m["phases"]["bal_typical_beta"]
-        for s, m in meta["seeds"].items()
-        if "bal_typical_beta" in (m.get("phases") or {})
-    }
-    if variant:
-        lines.append(
-            "bal_typical's own beta (Eq. 9 search): "
-            + ", ".join(f"seed {s} {b:g}" for s, b in variant.items())
-            + "."
-        )
+    for v in VARIANTS:
+        betas = {
+            s: m["phases"][f"{v}_beta"]
+            for s, m in meta["seeds"].items()
+            if f"{v}_beta" in (m.get("phases") or {})
+        }
+        if betas:
+            lines.append(
+                f"{v}'s own beta (Eq. 9 search): "
+                + ", ".join(f"seed {s} {b:g}" for s, b in betas.items())
+                + "."
+            )
     secs: dict[str, float] = {}
     for r in records:
         for k, v in r["seconds"].items():

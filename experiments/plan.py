@@ -93,6 +93,10 @@ def check_config(c: Config) -> None:
     )
     need(c.simclr_lr > 0, f"--simclr_lr must be positive, got {c.simclr_lr}")
     need(
+        0.0 <= c.switch_fraction <= 1.0,
+        f"--switch_fraction must be in [0, 1], got {c.switch_fraction}",
+    )
+    need(
         c.pretext != "patches" or c.feature_layer == "final",
         "--pretext=patches has no network layers: leave --feature_layer at final",
     )

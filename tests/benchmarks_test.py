@@ -208,15 +208,30 @@ def test_torch_reference_layout():
     np.testing.assert_allclose(probs.sum(1), 1.0, rtol=1e-5)
 
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CIFAR = os.path.join(ROOT, "..", "shared", "datasets", "cifar10-jpg.tar.gz")
+def _toy_folder(root, *, train_per_class, test_per_class):
+    """An image folder of random 32x32 RGB images in 10 classes (the preset's shapes)."""
+    import PIL.Image
+
+    rng = np.random.default_rng(0)
+    for split, per in (("train", train_per_class), ("test", test_per_class)):
+        for c in range(10):
+            os.makedirs(root / split / f"c{c}")
+            for i in range(per):
+                img = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+                PIL.Image.fromarray(img).save(root / split / f"c{c}" / f"{i}.png")
+    return f"folder:{root}"
 
 
-@pytest.mark.skipif(not os.path.exists(CIFAR), reason="shared CIFAR-10 tarball not present")
 def test_bal_run_reports_every_phase(tmp_path, monkeypatch):
     from benchmarks import bal_run
 
-    tiny = dict(train_subset=400, val_size=100, test_subset=200, fractions=(0.1, 0.2))
+    # The preset at toy size on a folder of its shapes: the real CIFAR-10 tarball would be
+    # unpacked and decoded (60,000 JPEGs) only to keep 400 images; the cifar10_cpu smoke test
+    # of runner_cli_test reads the real one.
+    data = _toy_folder(tmp_path / "toy", train_per_class=30, test_per_class=10)
+    tiny = dict(
+        dataset=data, train_subset=None, val_size=60, test_subset=None, fractions=(0.1, 0.2)
+    )
     monkeypatch.setattr(
         bal_run,
         "SETTINGS",
@@ -224,7 +239,6 @@ def test_bal_run_reports_every_phase(tmp_path, monkeypatch):
         # keeps the one epoch asked for.
         bal_run.SETTINGS | tiny | dict(width=0.0625, pretext_epochs=1, epochs=1, recipe="paper"),
     )
-    monkeypatch.chdir(ROOT)  # the preset's dataset path is relative to the repository root
     out = tmp_path / "bal_run.md"
     bal_run.main([f"--out={out}"])
     text = out.read_text()

@@ -9,11 +9,17 @@ for digits_cpu. Two layers, one process, shared compiled shapes (same width, bat
   search budget, windows) and every cycle's selection with stand-in predictions, no training;
 - every method through every cycle of the large budget on one pool (selections only);
 - the large SVHN budget, which used to fail at beta = 1 after pretext, search and a whole BAL
-  run, through `run_experiment` with training (pretext, beta search, BAL, PT4AL, reports).
+  run, through `run_experiment` with training (pretext, beta search, BAL, PT4AL, reports);
+- every other network shape and training setting of a preset trained end to end once, BAL and
+  random (pretext, K-means, every cycle's training, inference and reports): Caltech-101
+  (64x64, 101 classes) on its medium budget, Tiny ImageNet (64x64, 200 classes) and CIFAR-10
+  (crop + flip) on their small budgets.
 
-Training every preset x budget x method takes minutes per run on a 2-core CPU (a compile per
-image shape, a checkpoint per cycle), past the suite's budget; the trained paths of the other
-methods are covered by pipeline_test (digits; the cifar10_cpu smoke run).
+Training every preset x budget x method would take many minutes on a 2-core CPU (a compile per
+image shape and setting, a checkpoint per cycle), past the suite's budget, and what a budget
+changes (cycle counts, sizes, windows) is what the first layer checks without training. The
+other trained paths: digits_cpu in pipeline_test, cifar10_cpu (small-data recipe, flip
+averaging, real CIFAR-10) in runner_cli_test's smoke run, every method in both.
 """
 
 import dataclasses
@@ -260,3 +266,31 @@ def test_svhn_large_budget_runs_to_its_end(toy, tmp_path):
     summary = open(tmp_path / "run" / "summary.md").read()
     assert "Budget fractions are of the pool" in summary and "Augmentation: crop." in summary
     assert len(report.read_jsonl(str(tmp_path / "run" / "results.jsonl"))) == len(records)
+
+
+TRAINED = [
+    ("caltech101", "medium", ("bal", "random"), dict(beta=1.0)),
+    # bal_switch below its switch in every cycle: typical picks, no beta search at all.
+    ("tiny_imagenet", "small", ("bal_switch", "random"), dict(switch_fraction=1.0)),
+    ("cifar10", "small", ("bal", "random"), dict(beta=1.0)),
+]
+
+
+@pytest.mark.parametrize(("preset", "budget", "methods", "changes"), TRAINED)
+def test_every_network_shape_trains_to_the_end_of_a_budget(
+    toy, tmp_path, preset, budget, methods, changes
+):
+    cfg = _config(toy, preset, budget, methods=methods, **changes)
+    lines = []
+    records = run_experiment(cfg, str(tmp_path / "run"), log=lines.append)
+    cycles = len(config_lib.Config(budget=budget).schedule)
+    assert [(r["method"], r["cycle"]) for r in records] == [
+        (m, c) for m in methods for c in range(cycles)
+    ]
+    assert all(np.isfinite(r["accuracy"]) for r in records)
+    assert (tmp_path / "run" / "summary.md").exists()
+    if "bal_switch" in methods:
+        assert any("needs no beta" in line for line in lines) and not any(
+            "[beta search]" in line for line in lines
+        )
+        assert {r["beta"] for r in records if r["method"] == "bal_switch"} == {None}

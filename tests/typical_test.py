@@ -140,3 +140,71 @@ def test_needs_probabilities_after_the_first_cycle():
             k=5,
             beta=1.0,
         )
+
+
+def test_switch_cycle_is_the_first_cycle_starting_at_the_fraction():
+    counts = (200,) * 5
+    assert methods.switch_cycle(counts, pool_size=10_000, switch_fraction=0.1) == 5  # never
+    assert methods.switch_cycle(counts, pool_size=10_000, switch_fraction=0.04) == 2
+    assert methods.switch_cycle(counts, pool_size=10_000, switch_fraction=0.05) == 3
+    assert methods.switch_cycle(counts, pool_size=10_000, switch_fraction=0.0) == 0
+    assert methods.switch_cycle(counts, pool_size=10_000, switch_fraction=1.0) == 5
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.05, 1.0])
+def test_bal_switch_is_typiclust_then_the_papers_bal(fraction):
+    rng = np.random.default_rng(7)
+    feats, order, probs = _setup(rng)
+    context = methods.SelectionContext(
+        bal_order=order, pretext_features_ND=feats, beta=1.5, switch_fraction=fraction
+    )
+    switch = methods.switch_cycle((12,) * 5, pool_size=300, switch_fraction=fraction)
+    labeled = np.zeros(300, bool)
+    for cycle in range(5):
+        key = jax.random.key(cycle)
+        kw = dict(
+            cycle=cycle,
+            num_cycles=5,
+            k=12,
+            labeled_mask=labeled,
+            context=context,
+            preds=methods.PoolPredictions(probs_NC=probs),
+        )
+        got = methods.select("bal_switch", key, **kw)
+        same_as = "typiclust" if cycle < switch else "bal"
+        np.testing.assert_array_equal(got, methods.select(same_as, key, **kw))
+        labeled = labeled.copy()
+        labeled[got] = True
+
+
+def test_bal_switch_shares_typiclusts_picks_and_models_below_the_switch(tmp_path):
+    # The toy pool, model and settings of the loop tests (same compiled steps).
+    from active_loop_test import MEAN, SETTINGS, SPEC, STD, splits
+
+    from bal_jax.active_loop import run_cycles
+    from bal_jax.checkpoint import ModelStore
+
+    pool, test, _ = splits()
+    feats = np.asarray(pool.images.reshape(pool.images.shape[0], -1)[:, :16], np.float32)
+    order = np.arange(pool.images.shape[0])
+    store = ModelStore(tmp_path / "models")
+    runs = {}
+    for method in ("typiclust", "bal_switch"):
+        runs[method] = run_cycles(
+            jax.random.key(0),
+            method=method,
+            pool=pool,
+            evaluation=test,
+            counts=(10, 10),
+            context=methods.SelectionContext(
+                bal_order=order, pretext_features_ND=feats, beta=2.0, switch_fraction=0.5
+            ),
+            model=SPEC,
+            settings=SETTINGS,
+            mean=MEAN,
+            std=STD,
+            model_store=store,
+            log=lambda line: None,
+        )
+    assert [r["selected"] for r in runs["bal_switch"]] == [r["selected"] for r in runs["typiclust"]]
+    assert [r["shared_model"] for r in runs["bal_switch"]] == [True, True]
