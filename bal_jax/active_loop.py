@@ -39,6 +39,7 @@ from bal_jax.methods import (
     SelectionContext,
     bal_min_beta,
     select,
+    switch_cycle,
 )
 from bal_jax.models import VGG16
 
@@ -387,7 +388,15 @@ def run_cycles(
     num_cycles = len(counts)
     if sum(counts) > pool_size:
         raise ValueError(f"the budget ({sum(counts)} images) exceeds the pool ({pool_size})")
-    if method in NEEDS_BETA and not (method == "bal" and context.bal_options.uniform_subpools):
+    needs_beta = method in NEEDS_BETA and not (
+        method == "bal" and context.bal_options.uniform_subpools
+    )
+    if method == "bal_switch":  # below the switch it is TypiClust, which needs no beta
+        needs_beta = (
+            switch_cycle(counts, pool_size=pool_size, switch_fraction=context.switch_fraction)
+            < num_cycles
+        )
+    if needs_beta:
         lowest = bal_min_beta(counts, pool_size=pool_size, options=context.bal_options)
         if context.beta is None or context.beta < lowest:
             raise ValueError(f"beta={context.beta} is below its minimum {lowest:.4g} ((k-1)*C/N)")

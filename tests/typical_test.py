@@ -197,7 +197,11 @@ def test_bal_switch_shares_typiclusts_picks_and_models_below_the_switch(tmp_path
             evaluation=test,
             counts=(10, 10),
             context=methods.SelectionContext(
-                bal_order=order, pretext_features_ND=feats, beta=2.0, switch_fraction=0.5
+                # No beta: the switch is never reached, so none is needed (nor searched).
+                bal_order=order,
+                pretext_features_ND=feats,
+                beta=None,
+                switch_fraction=0.5,
             ),
             model=SPEC,
             settings=SETTINGS,
