@@ -9,11 +9,13 @@ for digits_cpu. Two layers, one process, shared compiled shapes (same width, bat
   search budget, windows) and every cycle's selection with stand-in predictions, no training;
 - every method through every cycle of the large budget on one pool (selections only);
 - the large SVHN budget, which used to fail at beta = 1 after pretext, search and a whole BAL
-  run, through `run_experiment` with training (pretext, beta search, BAL, PT4AL, reports);
-- every other network shape and training setting of a preset trained end to end once, BAL and
-  random (pretext, K-means, every cycle's training, inference and reports): Caltech-101
-  (64x64, 101 classes) on its medium budget, Tiny ImageNet (64x64, 200 classes) and CIFAR-10
-  (crop + flip) on their small budgets.
+  run, through `run_experiment` with training (pretext, beta search, BAL, reports);
+- the other image size and training settings trained end to end (pretext, K-means, every
+  cycle's training, inference and reports): Caltech-101 (64x64, 101 classes) on its medium
+  budget with BAL, CIFAR-10 (crop + flip) on its small budget with BAL and random, and
+  `bal_switch` below its switch (no beta at all). Tiny ImageNet's network is Caltech-101's with
+  a 200-wide last layer: it is planned and selected above, not trained (its compile would cost
+  about a minute of the suite).
 
 Training every preset x budget x method would take many minutes on a 2-core CPU (a compile per
 image shape and setting, a checkpoint per cycle), past the suite's budget, and what a budget
@@ -257,10 +259,11 @@ def test_every_method_selects_through_every_cycle_of_the_large_budget(toy):
 
 def test_svhn_large_budget_runs_to_its_end(toy, tmp_path):
     # The setting that failed after pretext, search and a whole BAL run: k*C/N = 50/47 > 1.
-    cfg = _config(toy, "svhn", "large", methods=("bal", "pt4al"), beta_grid=(1.0, 2.0))
+    # (PT4AL's equal batches at this budget: the selection tests above.)
+    cfg = _config(toy, "svhn", "large", methods=("bal",), beta_grid=(1.0, 2.0))
     lines = []
     records = run_experiment(cfg, str(tmp_path / "run"), log=lines.append)
-    assert len(records) == 2 * 10 and records[-1]["num_labeled"] == 47
+    assert len(records) == 10 and records[-1]["num_labeled"] == 47
     assert all(np.isfinite(r["accuracy"]) for r in records)
     assert {r["beta"] for r in records if r["method"] == "bal"} <= {1.0, 2.0}
     summary = open(tmp_path / "run" / "summary.md").read()
@@ -268,11 +271,14 @@ def test_svhn_large_budget_runs_to_its_end(toy, tmp_path):
     assert len(report.read_jsonl(str(tmp_path / "run" / "results.jsonl"))) == len(records)
 
 
+# The two image sizes, 32x32 and 64x64 (every method's selections are checked on every budget
+# above; Tiny-ImageNet: see the module docstring). One process, so the 32x32 programs compiled
+# for the SVHN run serve the CIFAR-10 cases.
 TRAINED = [
-    ("caltech101", "medium", ("bal", "random"), dict(beta=1.0)),
-    # bal_switch below its switch in every cycle: typical picks, no beta search at all.
-    ("tiny_imagenet", "small", ("bal_switch", "random"), dict(switch_fraction=1.0)),
+    ("caltech101", "medium", ("bal",), dict(beta=1.0)),
     ("cifar10", "small", ("bal", "random"), dict(beta=1.0)),
+    # bal_switch below its switch in every cycle: typical picks, no beta search at all.
+    ("cifar10", "small", ("bal_switch",), dict(switch_fraction=1.0)),
 ]
 
 

@@ -89,6 +89,27 @@ def test_pretext_cache_key_holds_the_code_version(tmp_path, monkeypatch):
     assert pipeline.pretext_cache_dir(cfg, str(tmp_path)) != first
 
 
+def test_pretext_cache_key_separates_pretext_settings_not_budgets_or_seeds(tmp_path):
+    # What the pretext network depends on makes a new folder; the budget, the methods and the
+    # main-task schedule do not (the runner test shows a second run loading the features).
+    base = pipeline.pretext_cache_dir(_digits(), str(tmp_path))
+    for same in (
+        dict(budget="medium"),
+        dict(fractions=(0.05, 0.1)),
+        dict(methods=("pt4al",)),
+        dict(epochs=7),
+    ):
+        assert pipeline.pretext_cache_dir(_digits(**same), str(tmp_path)) == base, same
+    for other in (
+        dict(pretext_epochs=2),
+        dict(width=0.125),
+        dict(pretext="patches"),
+        dict(pretext_feature="random_rotation"),
+        dict(augment="crop_flip"),
+    ):
+        assert pipeline.pretext_cache_dir(_digits(**other), str(tmp_path)) != base, other
+
+
 def test_output_files_get_the_usual_umask_mode(tmp_path):
     old = os.umask(0o022)
     try:
