@@ -29,6 +29,7 @@ from collections.abc import Sequence
 
 from absl import app, flags
 
+from bal_jax.methods import NEEDS_PRETEXT
 from experiments import report
 
 
@@ -139,7 +140,8 @@ def merge(runs: Sequence[tuple[str, dict, list[dict], dict[str, str] | None]]) -
         for r in records:
             if names is not None and r["method"] not in names:
                 continue
-            new = dict(r, method=(names or {}).get(r["method"], r["method"]), run=workdir)
+            name = (names or {}).get(r["method"], r["method"])
+            new = dict(r, method=name, run=workdir, source_method=r["method"])
             key = (new["method"], r.get("seed", 0), r["cycle"])
             old = merged.get(key)
             if old is None:
@@ -171,11 +173,13 @@ def summary(records: Sequence[dict], runs, references: Sequence[str], title: str
     for m in methods:
         origin = list(dict.fromkeys(r["run"] for r in records if r["method"] == m))
         cfg = next(c for w, c, _, _ in runs if w == origin[0])
-        seen = ", ".join(
-            f"{k}={cfg[k]}"
-            for k in ("pretext", "pretext_epochs", "feature_layer", "pretext_seed")
-            if k in cfg
-        )
+        keys = ("pretext", "pretext_epochs", "feature_layer", "pretext_seed")
+        if cfg.get("pretext") == "patches":  # no network: no epochs, no layer
+            keys = ("pretext", "pretext_seed")
+        seen = ", ".join(f"{k}={cfg[k]}" for k in keys if k in cfg)
+        source = next(r.get("source_method", m) for r in records if r["method"] == m)
+        if source not in NEEDS_PRETEXT:
+            seen = "the main model only (no pretext features)"
         lines.append(f"| {m} | {', '.join(f'`{w}`' for w in origin)} | {seen} |")
     lines += [
         "",

@@ -58,6 +58,9 @@ def test_merge_renames_selects_and_keeps_shared_methods_once(tmp_path):
     text = compare.summary(merged, runs, ["bal"], "t")
     assert "| bal minus |" in text and "| bal_rotation | `" in text
     assert "pretext=simclr" in text and "pretext=rotation" in text
+    # The renamed BAL still reads pretext features; random reads none.
+    assert "| bal_rotation | `" + a + "` | pretext=rotation |" in text
+    assert "| random | `" + b + "` | the main model only (no pretext features) |" in text
 
 
 def test_a_method_whose_accuracies_differ_between_runs_is_refused(tmp_path):
