@@ -32,6 +32,7 @@ from bal_jax.methods import METHODS as METHODS
 from bal_jax.methods import BALOptions as BALOptions
 from bal_jax.methods import bal_order as bal_order
 from bal_jax.methods import bal_select as bal_select
+from bal_jax.methods import needs_beta as needs_beta
 from bal_jax.methods import select as select
 from bal_jax.methods import switch_cycle as switch_cycle
 from bal_jax.models import VGG16 as VGG16

@@ -30,7 +30,6 @@ from bal_jax import parallel, patch_features, train
 from bal_jax.checkpoint import ModelStore, RunCheckpointer
 from bal_jax.methods import (
     HOT_START,
-    NEEDS_BETA,
     NEEDS_FEATURES,
     NEEDS_MC_DROPOUT,
     NEEDS_PROBS,
@@ -38,8 +37,8 @@ from bal_jax.methods import (
     PoolPredictions,
     SelectionContext,
     bal_min_beta,
+    needs_beta,
     select,
-    switch_cycle,
 )
 from bal_jax.models import VGG16
 
@@ -388,15 +387,13 @@ def run_cycles(
     num_cycles = len(counts)
     if sum(counts) > pool_size:
         raise ValueError(f"the budget ({sum(counts)} images) exceeds the pool ({pool_size})")
-    needs_beta = method in NEEDS_BETA and not (
-        method == "bal" and context.bal_options.uniform_subpools
-    )
-    if method == "bal_switch":  # below the switch it is TypiClust, which needs no beta
-        needs_beta = (
-            switch_cycle(counts, pool_size=pool_size, switch_fraction=context.switch_fraction)
-            < num_cycles
-        )
-    if needs_beta:
+    if needs_beta(
+        method,
+        counts,
+        pool_size=pool_size,
+        switch_fraction=context.switch_fraction,
+        uniform_subpools=context.bal_options.uniform_subpools,
+    ):
         lowest = bal_min_beta(counts, pool_size=pool_size, options=context.bal_options)
         if context.beta is None or context.beta < lowest:
             raise ValueError(f"beta={context.beta} is below its minimum {lowest:.4g} ((k-1)*C/N)")

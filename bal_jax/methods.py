@@ -362,6 +362,28 @@ def switch_cycle(counts, *, pool_size: int, switch_fraction: float) -> int:
     return len(counts)
 
 
+def needs_beta(
+    method: str,
+    counts,
+    *,
+    pool_size: int,
+    switch_fraction: float,
+    uniform_subpools: bool = False,
+) -> bool:
+    """Whether ``method`` draws from BAL's adaptive sub-pools in some cycle of ``counts``.
+
+    The paper's BAL with uniform sub-pools has no beta, and ``bal_switch`` needs one only if
+    the budget reaches its switch (below it, it is TypiClust: `switch_cycle`).
+    """
+    if method not in NEEDS_BETA or (method == "bal" and uniform_subpools):
+        return False
+    if method == "bal_switch":
+        return switch_cycle(counts, pool_size=pool_size, switch_fraction=switch_fraction) < len(
+            counts
+        )
+    return True
+
+
 def select(
     method: str,
     key: jax.Array,

@@ -56,7 +56,13 @@ from bal_jax.active_loop import (
 from bal_jax.atomic import atomic_path
 from bal_jax.checkpoint import ModelStore, RunCheckpointer
 from bal_jax.diagnostics import knn_accuracy
-from bal_jax.methods import NEEDS_BETA, NEEDS_PRETEXT, SelectionContext, bal_order, switch_cycle
+from bal_jax.methods import (
+    NEEDS_BETA,
+    NEEDS_PRETEXT,
+    SelectionContext,
+    bal_order,
+    needs_beta,
+)
 from bal_jax.parallel import barrier, check_same_across_processes, is_primary, make_mesh
 from bal_jax.train import RECIPES
 from experiments import report
@@ -478,9 +484,12 @@ def run_experiment(
         for variant in VARIANTS:
             if variant not in c.methods or c.beta is not None or c.subpools != "adaptive":
                 continue
-            if variant == "bal_switch" and switch_cycle(
-                plan.counts, pool_size=d.pool.images.shape[0], switch_fraction=c.switch_fraction
-            ) == len(plan.counts):
+            if not needs_beta(
+                variant,
+                plan.counts,
+                pool_size=d.pool.images.shape[0],
+                switch_fraction=c.switch_fraction,
+            ):  # bal_switch below its switch throughout
                 log(
                     f"bal_switch: every cycle starts below --switch_fraction={c.switch_fraction:g}"
                     " of the pool, so it picks typical images throughout and needs no beta"

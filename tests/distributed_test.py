@@ -18,10 +18,10 @@ import sys
 import time
 
 import pytest
+from runner_util import ROOT, runner_env
 
 from experiments import launch, report
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The smallest run that still goes through pretext, beta search, model store and 2 cycles of
 # both methods; batch 8 keeps one compiled training step for every labeled set size.
 TINY = [
@@ -46,9 +46,7 @@ TIMEOUT_S = 1200
 
 
 def _env(cache_dir):
-    env = dict(os.environ, NPROC="4")
-    # Compiling dominates these tiny runs: XLA's unoptimised code compiles a third faster.
-    env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} --xla_backend_optimization_level=0".strip()
+    env = dict(runner_env(), NPROC="4")  # runner_env: XLA's unoptimised, faster-compiling code
     # Compiled programs shared by the killed run and its relaunch (not by the two layouts:
     # their device assignments differ).
     env["JAX_COMPILATION_CACHE_DIR"] = str(cache_dir)

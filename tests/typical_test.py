@@ -151,6 +151,19 @@ def test_switch_cycle_is_the_first_cycle_starting_at_the_fraction():
     assert methods.switch_cycle(counts, pool_size=10_000, switch_fraction=1.0) == 5
 
 
+def test_needs_beta_only_where_bals_sub_pools_are_drawn_from():
+    counts, n = (200,) * 5, 10_000
+    kw = dict(pool_size=n, switch_fraction=0.1)
+    assert methods.needs_beta("bal", counts, **kw)
+    assert methods.needs_beta("bal_typical", counts, **kw)
+    assert not methods.needs_beta("bal", counts, **kw, uniform_subpools=True)
+    assert not methods.needs_beta("random", counts, **kw)
+    assert not methods.needs_beta("typiclust", counts, **kw)
+    # bal_switch: only when the budget reaches its switch.
+    assert not methods.needs_beta("bal_switch", counts, **kw)
+    assert methods.needs_beta("bal_switch", counts, pool_size=n, switch_fraction=0.05)
+
+
 @pytest.mark.parametrize("fraction", [0.0, 0.05, 1.0])
 def test_bal_switch_is_typiclust_then_the_papers_bal(fraction):
     rng = np.random.default_rng(7)
