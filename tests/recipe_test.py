@@ -115,6 +115,33 @@ def test_ema_averages_the_weights():
     assert 0 < distance(params_of(slow), init) < distance(params_of(plain), init)
 
 
+def test_debiased_ema_is_the_exponentially_weighted_mean():
+    from bal_jax.train.step import ema_decay_at
+
+    w = np.random.default_rng(0).normal(size=30)
+    for d in (0.5, 0.9, 0.995):
+        avg = 0.0
+        for t, w_t in enumerate(w):
+            decay = float(ema_decay_at(t, d, True))
+            avg = decay * avg + (1 - decay) * w_t
+            weights = d ** np.arange(t, -1, -1.0)
+            np.testing.assert_allclose(avg, np.dot(weights, w[: t + 1]) / weights.sum(), rtol=1e-4)
+    # TensorFlow's warm-up (the default) caps the decay at (1 + t) / (10 + t): any decay above
+    # 0.986 averages the same way for the first 640 steps.
+    for d in (0.99, 0.995, 0.999):
+        assert float(ema_decay_at(640, d, False)) == pytest.approx(641 / 650)
+
+
+def test_recipe_repr_leaves_out_later_fields_at_their_defaults():
+    # Model digests hash the repr: adding ema_debias must not orphan stored models.
+    assert "ema_debias" not in repr(train.RECIPES["small_data"])
+    assert repr(Recipe()) == (
+        "Recipe(schedule='multistep', min_steps=0, warmup_fraction=0.0, label_smoothing=0.0, "
+        "ema_decay=0.0, tta_flip=False, nesterov=False)"
+    )
+    assert repr(Recipe(ema_debias=True)).endswith("nesterov=False, ema_debias=True)")
+
+
 def test_tta_flip_averages_the_logits_of_the_mirror():
     x, _ = digits()
     model = small_model()
@@ -134,6 +161,7 @@ def test_tta_flip_averages_the_logits_of_the_mirror():
         (dict(warmup_fraction=1.0), "warmup_fraction"),
         (dict(label_smoothing=-0.1), "label_smoothing"),
         (dict(ema_decay=1.0), "ema_decay"),
+        (dict(ema_debias=1), "ema_debias"),
     ],
 )
 def test_bad_recipe_is_refused(change, match):

@@ -145,6 +145,7 @@ def _fit(
         channels=images.shape[-1],
         label_smoothing=recipe.label_smoothing,
         ema_decay=recipe.ema_decay,
+        ema_debias=recipe.ema_debias,
     )
 
     # Small data sets: a smaller batch computes the same masked step without the padding.

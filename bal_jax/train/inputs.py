@@ -58,6 +58,7 @@ def make_hparams(
     lr_decay=0.1,
     label_smoothing=0.0,
     ema_decay=0.0,
+    ema_debias=False,
 ) -> Hparams:
     mean = np.asarray(mean, np.float32).reshape(-1)
     std = np.asarray(std, np.float32).reshape(-1)
@@ -88,6 +89,7 @@ def make_hparams(
         jnp.asarray(0, jnp.int32),
         f32(label_smoothing),
         f32(ema_decay),
+        jnp.asarray(bool(ema_debias)),
     )
 
 

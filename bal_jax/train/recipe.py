@@ -30,8 +30,14 @@ class Recipe(NamedTuple):
     warmup_fraction: share of the run's steps spent in the linear warm-up (cosine only).
     label_smoothing: weight of the uniform distribution mixed into the one-hot targets.
     ema_decay: 0 = off; otherwise the model ends with the exponential moving average of its
-      weights (decay warmed up as ``min(ema_decay, (1 + t) / (10 + t))``); BatchNorm running
-      statistics are then re-estimated for those weights over the training set.
+      weights and of its BatchNorm running statistics.
+    ema_debias: how the average starts. False: TensorFlow's ``ExponentialMovingAverage``
+      warm-up, decay ``min(ema_decay, (1 + t) / (10 + t))`` at step ``t``; that ramp reaches
+      0.99 only after 890 steps, so in shorter runs every ``ema_decay`` above it averages the
+      same (about the last t/9 steps). True: the bias-corrected average (Adam's correction),
+      decay ``ema_decay * (1 - ema_decay**t) / (1 - ema_decay**(t + 1))``: exactly the
+      ``ema_decay**age``-weighted mean of the weights after every step so far, so the decay
+      sets the window (about ``1 / (1 - ema_decay)`` steps) from the first step on.
     tta_flip: inference averages the logits of each image and its horizontal mirror.
     nesterov: Nesterov momentum.
     """
@@ -43,6 +49,21 @@ class Recipe(NamedTuple):
     ema_decay: float = 0.0
     tta_flip: bool = False
     nesterov: bool = False
+    ema_debias: bool = False
+
+    def __repr__(self) -> str:
+        # Fields added after models were stored are left out at their defaults: model digests
+        # hash this repr, so the models of earlier runs stay valid.
+        shown = [
+            f"{k}={v!r}"
+            for k, v in self._asdict().items()
+            if k not in LATER_FIELDS or v != LATER_FIELDS[k]
+        ]
+        return f"Recipe({', '.join(shown)})"
+
+
+# Recipe fields added later, with the defaults that `Recipe.__repr__` leaves out.
+LATER_FIELDS = {"ema_debias": False}
 
 
 def check_recipe(recipe: Recipe) -> Recipe:
@@ -59,6 +80,8 @@ def check_recipe(recipe: Recipe) -> Recipe:
         raise ValueError(f"recipe.label_smoothing must be in [0, 1), got {recipe.label_smoothing}")
     if not 0.0 <= recipe.ema_decay < 1.0:
         raise ValueError(f"recipe.ema_decay must be in [0, 1), got {recipe.ema_decay}")
+    if not isinstance(recipe.ema_debias, bool):
+        raise ValueError(f"recipe.ema_debias must be True or False, got {recipe.ema_debias!r}")
     return recipe
 
 

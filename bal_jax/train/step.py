@@ -56,11 +56,26 @@ class Hparams(NamedTuple):
     warmup_steps: jax.Array  # int32
     label_smoothing: jax.Array
     ema_decay: jax.Array
+    ema_debias: jax.Array  # bool: the bias-corrected average (see Recipe.ema_debias)
 
 
 def float_leaves(tree):
     """The floating-point leaves of a state (BatchNorm statistics), others replaced by None."""
     return jax.tree.map(lambda x: x if jnp.issubdtype(x.dtype, jnp.floating) else None, tree)
+
+
+def ema_decay_at(step: jax.Array, decay: jax.Array, debias: jax.Array) -> jax.Array:
+    """The weight EMA's decay at optimizer step ``step`` (0-based); see ``Recipe.ema_debias``.
+
+    ``debias`` False: TensorFlow's warm-up ``min(decay, (1 + t) / (10 + t))``. True: the
+    bias-corrected ``d * (1 - d**t) / (1 - d**(t + 1))``, under which
+    ``avg_t = decay_t * avg_(t-1) + (1 - decay_t) * w_t`` is exactly
+    ``sum_s d**(t-s) w_s / sum_s d**(t-s)`` (and ``avg_0 = w_0``).
+    """
+    t = jnp.asarray(step, jnp.float32)
+    d = jnp.asarray(decay, jnp.float32)
+    debiased = d * (1.0 - d**t) / (1.0 - d ** (t + 1.0))
+    return jnp.where(debias, debiased, jnp.minimum(d, (1.0 + t) / (10.0 + t)))
 
 
 def _masked_mean(values_N: jax.Array, mask_N: jax.Array) -> jax.Array:
@@ -108,7 +123,8 @@ def _train_step(
 
     The loss is cross-entropy against targets smoothed by ``hp.label_smoothing``; with
     ``state.ema`` set, the moving averages of the parameters and of the BatchNorm statistics
-    are updated with decay ``min(hp.ema_decay, (1 + t) / (10 + t))`` at step ``t``.
+    are updated with decay ``min(hp.ema_decay, (1 + t) / (10 + t))`` at step ``t`` or, with
+    ``hp.ema_debias``, the bias-corrected ``d * (1 - d**t) / (1 - d**(t + 1))``.
 
     Returns:
       ``(new_state, metrics)``, metrics ``{'loss': masked mean CE, 'correct': count, 'count':
@@ -153,8 +169,7 @@ def _train_step(
     params = optax.apply_updates(state.params, updates)
     ema = state.ema
     if ema is not None:
-        t = state.step.astype(jnp.float32)
-        decay = jnp.minimum(hp.ema_decay, (1.0 + t) / (10.0 + t))
+        decay = ema_decay_at(state.step, hp.ema_decay, hp.ema_debias)
         ema = jax.tree.map(
             lambda avg, new: decay * avg + (1.0 - decay) * new, ema, (params, float_leaves(rest))
         )
