@@ -17,5 +17,5 @@ python -m experiments.main --config=cifar10_cpu --budget=small "--seeds=$seeds" 
   --pretext_seed=0 --model_dir=runs/models_cifar10_cpu --workdir=runs/cifar10_cpu_small_rotation \
   --method=bal,pt4al,random,confidence,entropy,coreset
 python -m experiments.compare --run=runs/cifar10_cpu_small_rotation --reference=bal \
-  --title="CIFAR-10 at CPU scale, small budget, small-data recipe: the paper's BAL and the baselines" \
+  --title="CIFAR-10 at CPU scale, small budget, small-data recipe" \
   --out=experiments/reports/cifar10_cpu_small
