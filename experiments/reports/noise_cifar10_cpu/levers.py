@@ -2,7 +2,7 @@
 
 From the repository root (appends one JSON row per training to levers.jsonl beside this file):
 
-    python experiments/reports/noise_cifar10_cpu/levers.py base,wd5e-3,deb99 1000 0,1,2,3,4
+    python -m experiments.reports.noise_cifar10_cpu.levers base,wd5e-3,deb99 1000 0,1,2,3,4
 
 Each variant changes one thing of the `small_data` recipe (or of fit's arguments) and trains the
 `cifar10_cpu` preset's main model on the fixed random labeled set of `experiments.noise` (same
@@ -97,4 +97,15 @@ def main(names, size, seeds):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1].split(","), int(sys.argv[2]), [int(s) for s in sys.argv[3].split(",")])
+    usage = "usage: python -m experiments.reports.noise_cifar10_cpu.levers VARIANTS SIZE SEEDS"
+    if len(sys.argv) != 4:
+        sys.exit(f"error: {usage}")
+    variants = sys.argv[1].split(",")
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        sys.exit(f"error: unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)}")
+    try:
+        size, seeds = int(sys.argv[2]), [int(s) for s in sys.argv[3].split(",")]
+    except ValueError:
+        sys.exit(f"error: SIZE and SEEDS take integers; {usage}")
+    main(variants, size, seeds)
