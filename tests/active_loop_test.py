@@ -67,10 +67,9 @@ def test_a_collapsed_model_is_reported_as_a_failure():
     table = report.accuracy_table(records)
     assert "collapsed (seed 0)" in table
     assert f"{100 * records[0]['accuracy']:.1f}" not in table.split("\n")[2]
-    # A healthy run on the real labels is not flagged.
-    healthy = SETTINGS._replace(
-        recipe=Recipe(schedule="cosine", min_steps=80, warmup_fraction=0.05, nesterov=True)
-    )
+    # A healthy run on the real labels is not flagged. (Enough steps, with the paper's schedule:
+    # the training step compiled for the collapsed run serves this one too.)
+    healthy = SETTINGS._replace(recipe=Recipe(min_steps=120))
     records = cycles("random", pool, test, val, settings=healthy)
     assert not any(r["collapsed"] for r in records), [r["majority_share"] for r in records]
 
