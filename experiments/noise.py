@@ -52,22 +52,32 @@ def labeled_set(pool_size: int, size: int, *, data_seed: int) -> np.ndarray:
     return np.sort(rng.choice(pool_size, size, replace=False))
 
 
-def train_once(cfg: config_lib.Config, data, idx: np.ndarray, seed: int) -> dict:
-    """Trains the preset's main model on pool[idx] with training seed `seed`; test metrics."""
+def train_once(
+    cfg: config_lib.Config,
+    data,
+    idx: np.ndarray,
+    seed: int,
+    *,
+    recipe: train.Recipe | None = None,
+    init_seed: int | None = None,
+    **fit_changes,
+) -> dict:
+    """Trains the preset's main model on pool[idx] with training seed `seed`; test metrics.
+
+    `recipe` (default: the preset's) and `fit_changes` (e.g. ``weight_decay=5e-3``) override
+    the preset's training; `init_seed` (default `seed`) draws the initial weights from another
+    seed than the data order and augmentation.
+    """
     key = jax.random.key(seed)
-    recipe = train.RECIPES[cfg.recipe]
+    init_key = key if init_seed is None else jax.random.key(init_seed)
+    recipe = train.RECIPES[cfg.recipe] if recipe is None else recipe
     model = VGG16(
         len(data.class_names),
         in_channels=data.pool.images.shape[-1],
         width=cfg.width,
-        rngs=nnx.Rngs(named_key(key, "main_init")),
+        rngs=nnx.Rngs(named_key(init_key, "main_init")),
     )
-    t0 = time.perf_counter()
-    history = train.fit(
-        named_key(key, "main_train"),
-        model,
-        data.pool.images[idx],
-        data.pool.labels[idx],
+    fit_kwargs = dict(
         epochs=cfg.epochs,
         batch_size=cfg.batch_size,
         learning_rate=cfg.lr,
@@ -75,6 +85,14 @@ def train_once(cfg: config_lib.Config, data, idx: np.ndarray, seed: int) -> dict
         mean=data.mean,
         std=data.std,
         recipe=recipe,
+    )
+    t0 = time.perf_counter()
+    history = train.fit(
+        named_key(key, "main_train"),
+        model,
+        data.pool.images[idx],
+        data.pool.labels[idx],
+        **(fit_kwargs | fit_changes),
     )
     seconds = time.perf_counter() - t0
     ev = dict(batch_size=cfg.eval_batch_size, mean=data.mean, std=data.std)
