@@ -28,6 +28,7 @@ from absl import app, flags, logging
 from bal_jax.active_loop import TrainSettings
 from bal_jax.labeling import LabelingError, LabelingProject, ProjectConfig, predict_folder
 from bal_jax.labeling.config import replace_settings
+from bal_jax.labeling.models import read_meta
 
 COMMANDS = ("init", "next", "import", "status", "export", "predict")
 
@@ -196,6 +197,7 @@ def run(command: str) -> None:
         _open(command).export(_need("out", command))
     elif command == "predict":
         model = flags.FLAGS.model or _latest_export()
+        read_meta(model, required=True)  # one sentence for an unfinished or missing export
         result = predict_folder(
             model, _need("images", command), out=_need("out", command), log=_log
         )

@@ -123,6 +123,18 @@ _DISTRIBUTED_TIMEOUT = flags.DEFINE_integer(
     "distributed_timeout", 300, "Seconds to wait for every process to reach the coordinator."
 )
 
+
+def _ints(values) -> tuple[int, ...]:
+    return tuple(int(x) for x in values)
+
+
+def _floats(values) -> tuple[float, ...]:
+    return tuple(float(x) for x in values)
+
+
+# What the list parsers expect, for the one-line error of a bad value.
+_EXPECTED = {_ints: "comma-separated integers", _floats: "comma-separated numbers"}
+
 # flag name -> (Config field, parser)
 _OVERRIDES = {
     "dataset": ("dataset", str),
@@ -132,9 +144,9 @@ _OVERRIDES = {
     "val_size": ("val_size", int),
     "test_subset": ("test_subset", int),
     "budget": ("budget", str),
-    "fractions": ("fractions", lambda v: tuple(float(x) for x in v)),
+    "fractions": ("fractions", _floats),
     "method": ("methods", lambda v: tuple(x.strip() for x in v)),
-    "seeds": ("seeds", lambda v: tuple(int(x) for x in v)),
+    "seeds": ("seeds", _ints),
     "width": ("width", float),
     "epochs": ("epochs", int),
     "pretext_epochs": ("pretext_epochs", int),
@@ -144,10 +156,10 @@ _OVERRIDES = {
     "eval_batch_size": ("eval_batch_size", int),
     "lr": ("lr", float),
     "recipe": ("recipe", str),
-    "milestones": ("milestones", lambda v: tuple(int(x) for x in v)),
-    "pretext_milestones": ("pretext_milestones", lambda v: tuple(int(x) for x in v)),
+    "milestones": ("milestones", _ints),
+    "pretext_milestones": ("pretext_milestones", _ints),
     "beta": ("beta", float),
-    "beta_grid": ("beta_grid", lambda v: tuple(float(x) for x in v)),
+    "beta_grid": ("beta_grid", _floats),
     "beta_search_cycles": ("beta_search_cycles", int),
     "num_clusters": ("num_clusters", int),
     "bal_sampler": ("bal_sampler", str),
@@ -189,7 +201,12 @@ def build_config(flag_values) -> config_lib.Config:
             try:
                 changes[field] = parse(value)
             except ValueError:
-                raise ConfigError(f"--{name}={value!r} is not valid") from None
+                given = ",".join(value) if isinstance(value, list) else value
+                if parse in _EXPECTED:
+                    raise ConfigError(
+                        f"--{name} must be {_EXPECTED[parse]}, got {given!r}"
+                    ) from None
+                raise ConfigError(f"--{name}={given!r} is not valid") from None
     return dataclasses.replace(cfg, **changes)
 
 

@@ -75,9 +75,18 @@ def test_bad_config(changes, match):
         check_config(dataclasses.replace(config_lib.Config(), **changes))
 
 
-def test_bad_flag_value():
-    with pytest.raises(ConfigError, match="--seeds"):
-        main_lib.build_config(_flags("--seeds=a,b"))
+@pytest.mark.parametrize(
+    "flag, message",
+    [
+        ("--seeds=a", "--seeds must be comma-separated integers, got 'a'"),
+        ("--seeds=0,1.5", "--seeds must be comma-separated integers, got '0,1.5'"),
+        ("--beta_grid=1,x", "--beta_grid must be comma-separated numbers, got '1,x'"),
+    ],
+)
+def test_bad_flag_value_says_what_is_expected(flag, message):
+    with pytest.raises(ConfigError) as e:
+        main_lib.build_config(_flags(flag))
+    assert str(e.value) == message
 
 
 def test_fingerprint_ignores_methods_and_seeds():

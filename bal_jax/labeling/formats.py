@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from typing import NamedTuple
 from xml.sax.saxutils import quoteattr
 
+from bal_jax.atomic import atomic_path
 from bal_jax.labeling.pool import IMAGE_EXTENSIONS
 
 __all__ = [
@@ -79,8 +80,16 @@ def read_labels(path: str) -> LabelRows:
         return _read_folder(path)
     if not os.path.isfile(path):
         raise LabelFileError(f"labels file {path} does not exist")
-    with open(path, encoding="utf-8-sig") as f:
-        text = f.read()
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            text = f.read()
+    except UnicodeDecodeError:  # an image, a spreadsheet, a UTF-16 export...
+        raise LabelFileError(
+            f"{path} is not UTF-8 text, so not a labels file (a CSV or a Label Studio JSON "
+            "export; save a spreadsheet as CSV UTF-8)"
+        ) from None
+    except OSError as e:
+        raise LabelFileError(f"cannot read labels file {path} ({e.strerror or e})") from None
     if path.lower().endswith(".json") or text.lstrip()[:1] in ("[", "{"):
         try:
             data = json.loads(text)
@@ -141,6 +150,8 @@ def _read_label_studio(path: str, data) -> LabelRows:
     for n, task in enumerate(tasks):
         where = f"task {task.get('id', n)}"
         fields = task.get("data", {}) if full else task
+        if not isinstance(fields, dict):
+            raise LabelFileError(f"{path}: {where} has no data fields; not a Label Studio export")
         if fields.get("bal_project"):
             projects.add(str(fields["bal_project"]))
         ref = ("id", str(fields["bal_id"])) if fields.get("bal_id") else None
@@ -171,10 +182,8 @@ def _strip_ls_prefix(url: str) -> str:
 
 
 def _atomic_text(path: str, text: str) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", newline="") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         f.write(text)
-    os.replace(tmp, path)
 
 
 def write_to_label_csv(path: str, picks: Sequence[Pick]) -> None:

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
+
+from bal_jax.atomic import atomic_path
 
 __all__ = ["Journal"]
 
@@ -79,19 +80,9 @@ class Journal:
         entry.update({k: v for k, v in (extra or {}).items() if v})
         if hashes:
             entry["hashes"] = {i: hashes[i] for i in new if i in hashes}
-        directory = os.path.dirname(os.path.abspath(self.path))
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-journal-")
-        try:
-            with os.fdopen(fd, "w") as out:
-                if os.path.exists(self.path):
-                    with open(self.path) as old:
-                        out.write(old.read())
-                out.write(json.dumps(entry, sort_keys=True) + "\n")
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        with atomic_path(self.path, sync=True) as tmp, open(tmp, "w") as out:
+            if os.path.exists(self.path):
+                with open(self.path) as old:
+                    out.write(old.read())
+            out.write(json.dumps(entry, sort_keys=True) + "\n")
         return entry

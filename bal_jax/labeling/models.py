@@ -26,6 +26,7 @@ from flax import nnx
 from bal_jax import train
 from bal_jax.active_loop import TrainSettings, named_key
 from bal_jax.active_loop import fit_kwargs as _runner_fit_kwargs
+from bal_jax.atomic import atomic_dir
 from bal_jax.data import decode
 from bal_jax.labeling import pool as pool_lib
 from bal_jax.labeling.config import LabelingError
@@ -106,27 +107,72 @@ def features(
 
 
 def save_model(path: str, model: VGG16, *, meta: dict) -> None:
-    """Saves `model` and its `meta` (JSON) to the folder `path`, replacing what is there."""
-    os.makedirs(path, exist_ok=True)
-    meta_path = os.path.join(path, _META)
-    if os.path.exists(meta_path):
-        os.unlink(meta_path)
-    with ocp.StandardCheckpointer() as ckptr:
-        ckptr.save(os.path.join(os.path.abspath(path), "checkpoint"), nnx.state(model), force=True)
-        ckptr.wait_until_finished()
-    tmp = meta_path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(meta, f, indent=2, sort_keys=True)
-    os.replace(tmp, meta_path)
+    """Saves `model` and its `meta` (JSON) to the folder `path`, replacing a saved model there.
+
+    The model is written into a temporary folder beside `path` and renamed into place once
+    complete, so a kill leaves the earlier model (or none), never a half-written one.
+
+    Raises:
+      LabelingError: `path` exists and is not a saved model (it is left alone).
+    """
+    if os.path.lexists(path):
+        names = os.listdir(path) if os.path.isdir(path) else None
+        # A saved model, possibly one left half done by an earlier version of this function.
+        ours = names is not None and all(
+            n in (_META, f"{_META}.tmp", "checkpoint") or ".orbax-checkpoint-tmp" in n
+            for n in names
+        )
+        if not ours:
+            raise LabelingError(
+                f"{path} exists and is not a saved model, so it is not replaced; choose "
+                "another folder"
+            )
+    with atomic_dir(path) as tmp:
+        with ocp.StandardCheckpointer() as ckptr:
+            ckptr.save(os.path.join(tmp, "checkpoint"), nnx.state(model))
+            ckptr.wait_until_finished()
+        with open(os.path.join(tmp, _META), "w") as f:
+            json.dump(meta, f, indent=2, sort_keys=True)
 
 
-def read_meta(path: str) -> dict | None:
-    """The `meta` of a complete saved model, or None if `path` holds none."""
+def read_meta(path: str, *, required: bool = False) -> dict | None:
+    """The `meta` of a complete saved model, or None if `path` holds none.
+
+    Args:
+      path: a folder written by `save_model`.
+      required: raise instead of returning None.
+
+    Raises:
+      LabelingError: with `required`, one sentence on what `path` is instead: missing, an
+        export that did not finish, damaged, or not a saved model.
+    """
     meta_path = os.path.join(path, _META)
-    if not os.path.exists(meta_path):
+    if os.path.isfile(meta_path):
+        try:
+            with open(meta_path) as f:
+                meta = json.load(f)
+            if isinstance(meta, dict):
+                return meta
+        except (OSError, ValueError):
+            pass
+        if required:
+            raise LabelingError(f"{meta_path} is damaged; export the model again")
         return None
-    with open(meta_path) as f:
-        return json.load(f)
+    if not required:
+        return None
+    parent, name = os.path.split(os.path.abspath(path))
+    if not os.path.exists(path):
+        siblings = os.listdir(parent) if os.path.isdir(parent) else []
+        if any(n.startswith(f".tmp-{name}-") for n in siblings):
+            raise LabelingError(f"the export to {path} did not finish; run export again")
+        raise LabelingError(f"{path} does not exist, so it holds no exported model")
+    if not os.path.isdir(path):
+        raise LabelingError(f"{path} is a file, not an exported model (a folder with {_META})")
+    if any(n == "checkpoint" or ".orbax-checkpoint-tmp" in n for n in os.listdir(path)):
+        raise LabelingError(
+            f"the export to {path} did not finish (it has no {_META}); run export again"
+        )
+    raise LabelingError(f"{path} is not an exported model (it has no {_META})")
 
 
 def load_model(path: str) -> tuple[VGG16, dict]:
@@ -134,16 +180,20 @@ def load_model(path: str) -> tuple[VGG16, dict]:
 
     Returns:
       (model, meta).
+
+    Raises:
+      LabelingError: `path` holds no complete saved model (see `read_meta`).
     """
-    meta = read_meta(path)
-    if meta is None:
-        raise FileNotFoundError(f"{path} holds no saved model ({_META} is missing)")
+    meta = read_meta(path, required=True)
+    checkpoint = os.path.join(os.path.abspath(path), "checkpoint")
+    if not os.path.isdir(checkpoint):
+        raise LabelingError(f"{path} has {_META} but no checkpoint/; export the model again")
     net = VGG16(
         meta["num_classes"], in_channels=meta["channels"], width=meta["width"], rngs=nnx.Rngs(0)
     )
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, nnx.state(net))
     with ocp.StandardCheckpointer() as ckptr:
-        state = ckptr.restore(os.path.join(os.path.abspath(path), "checkpoint"), abstract)
+        state = ckptr.restore(checkpoint, abstract)
     nnx.update(net, state)
     return net, meta
 

@@ -19,6 +19,7 @@ import jax
 import numpy as np
 
 from bal_jax.active_loop import named_key
+from bal_jax.atomic import atomic_path
 from bal_jax.labeling import formats, models
 from bal_jax.labeling import pool as pool_lib
 from bal_jax.labeling.config import LabelingError, ProjectConfig, listed, unreadable_message
@@ -31,21 +32,15 @@ __all__ = ["ProjectStore", "read_json", "save_npz", "write_json"]
 
 def write_json(path: str, obj) -> None:
     """Writes `obj` as JSON via a temporary file and a rename."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
+    with atomic_path(path) as tmp, open(tmp, "w") as f:
         json.dump(obj, f, indent=2, sort_keys=True)
         f.write("\n")
-    os.replace(tmp, path)
 
 
 def save_npz(path: str, arrays: dict) -> None:
-    """Writes arrays to `path` via a temporary file and a rename; errors are raised."""
-    tmp = f"{path}.tmp.npz"
-    with open(tmp, "wb") as f:
+    """Writes arrays to `path` via a temporary file, synced to disk, and a rename."""
+    with atomic_path(path, suffix=".npz", sync=True) as tmp, open(tmp, "wb") as f:
         np.savez(f, **arrays)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def read_json(path: str):
@@ -84,18 +79,28 @@ class ProjectStore:
         return os.path.join(self.workdir, *parts)
 
     def _load_arrays(self) -> None:
-        # Pool, features and order live in one file, written atomically: never out of step.
+        # Pool, features, order and the images that left the pool live in one file, written
+        # atomically: never out of step.
         arrays = np.load(self._path("pool.npz"), allow_pickle=False)
         self.pool = pool_lib.Pool.from_arrays(arrays)
         self._features = arrays["features"] if "features" in arrays else None
         self._order = arrays["order"] if "order" in arrays else None
+        self._removed: dict[str, str] = {}  # {id: content hash} of images that left the pool
+        if "removed_ids" in arrays:  # absent in folders made before it was recorded
+            ids, hashes = arrays["removed_ids"].tolist(), arrays["removed_hashes"].tolist()
+            self._removed = dict(zip(ids, hashes, strict=True))
 
-    def _save(self, pool: pool_lib.Pool, feats=None, order=None) -> None:
+    def _save(self, pool: pool_lib.Pool, feats=None, order=None, removed=None) -> None:
+        removed = self._removed if removed is None else removed
         arrays = pool.arrays()
+        arrays.update(
+            removed_ids=np.asarray(list(removed), dtype=str).reshape(-1),
+            removed_hashes=np.asarray(list(removed.values()), dtype=str).reshape(-1),
+        )
         if feats is not None:
             arrays.update(features=feats, order=order)
         save_npz(self._path("pool.npz"), arrays)
-        self.pool, self._features, self._order = pool, feats, order
+        self.pool, self._features, self._order, self._removed = pool, feats, order, removed
 
     @property
     def classes(self) -> list[str]:
@@ -163,7 +168,8 @@ class ProjectStore:
         """Brings the pool in line with the images folder (added, removed, changed files).
 
         New and changed images get features from the stored pretext network and the CDD
-        order is recomputed; removed images leave the pool, their labels stay in the journal.
+        order is recomputed; removed images leave the pool, their labels stay in the journal
+        and their ids are remembered (an import naming them says they were removed).
         """
         images = self.state["images"]
         if not os.path.isdir(images):
@@ -185,8 +191,13 @@ class ProjectStore:
             self.log(f"{len(change.added)} new image(s) joined the pool: {listed(change.added)}")
         if change.changed:
             self.log(f"{len(change.changed)} image(s) changed content: {listed(change.changed)}")
+        # Remembered so that a labels file naming them is not blamed on the file (import).
+        old_hashes = dict(zip(self.pool.ids_N.tolist(), self.pool.hashes_N.tolist(), strict=True))
+        removed = {**self._removed, **{i: old_hashes[i] for i in change.removed}}
+        in_pool = set(pool.ids_N.tolist())
+        removed = {i: h for i, h in sorted(removed.items()) if i not in in_pool}
         if self._features is None:  # init has not computed features yet
-            self._save(pool)
+            self._save(pool, removed=removed)
             return change
         fresh = np.isin(pool.ids_N, [*change.added, *change.changed])
         old = {str(i): n for n, i in enumerate(self.pool.ids_N)}
@@ -210,7 +221,7 @@ class ProjectStore:
             where = {i: n for n, i in enumerate(pool.ids_N.tolist())}
             old_ids = self.pool.ids_N[self._order].tolist()
             order = np.asarray([where[i] for i in old_ids if i in where], np.int64)
-        self._save(pool, feats, order)
+        self._save(pool, feats, order, removed)
         return change
 
     def labels(self) -> dict[str, str]:
@@ -250,10 +261,40 @@ class ProjectStore:
             self.log(f"{path}: {parsed.unannotated} task(s) without an annotation were skipped")
         return self._import_rows(parsed.rows, source=os.path.abspath(path), add_classes=add_classes)
 
-    def _resolver(self) -> Callable[[tuple[str, str]], str | None]:
-        ids = {str(i) for i in self.pool.ids_N}
+    def _gone(self) -> tuple[dict[str, str], set[str]]:
+        """({id: content hash or ""} of images known to the project but not in the pool,
+        the ids among them that are in the folder but unreadable).
+
+        Known from the pool's record of removed images, the journal (labels of removed
+        images stay there; folders made before that record have only these) and the
+        pool's list of unreadable files.
+        """
+        gone: dict[str, str] = {}
+        for entry in self.journal.entries():
+            hashes = entry.get("hashes", {})
+            gone.update({i: hashes.get(i) or gone.get(i, "") for i in entry["labels"]})
+        gone.update(self._removed)
+        unreadable = {str(line).split("\t", 1)[0] for line in self.pool.skipped}
+        gone.update({i: gone.get(i, "") for i in unreadable})
+        for i in self.pool.ids_N.tolist():
+            gone.pop(i, None)
+        return gone, unreadable
+
+    def _resolver(
+        self, images: dict[str, str] | None = None
+    ) -> Callable[[tuple[str, str]], str | None]:
+        """Maps a reference ("id" / "path" / "file", value) to an image id or None.
+
+        Args:
+          images: {id: content hash} to resolve against (default: the pool).
+        """
+        if images is None:
+            images = {
+                str(i): str(h) for i, h in zip(self.pool.ids_N, self.pool.hashes_N, strict=True)
+            }
+        ids = set(images)
         root = self.state["images"]
-        by_hash = {str(h): str(i) for h, i in zip(self.pool.hashes_N, self.pool.ids_N, strict=True)}
+        by_hash = {h: i for i, h in images.items() if h}
         by_name: dict[str, list[str]] = {}
         for i in ids:
             by_name.setdefault(i.rsplit("/", 1)[-1], []).append(i)
@@ -275,15 +316,30 @@ class ProjectStore:
         resolve, classes = self._resolver(), self.classes
         if not rows:
             raise LabelingError(f"{source} holds no labels")
+        gone_images, unreadable_ids = self._gone()
+        resolve_gone = self._resolver(gone_images)
+        # A label that differs from a class only by letter case is a typo, not a new class.
+        spelled = {c.casefold(): (c, f"the class {c!r}") for c in classes}
         found: dict[str, tuple[str, str]] = {}
-        unknown, empty, new_classes, conflicts = [], [], [], []
+        unknown, empty, new_classes, conflicts, cases = [], [], [], [], []
+        removed, unreadable = [], []
         for where, ref, label in rows:
             image = resolve(ref)
             if image is None:
-                unknown.append(f"{where} ({ref[1]})")
+                gone = resolve_gone(ref)
+                if gone is None:
+                    unknown.append(f"{where} ({ref[1]})")
+                else:
+                    (unreadable if gone in unreadable_ids else removed).append(f"{where} ({gone})")
                 continue
             if not label:
                 empty.append(f"{where} ({image})")
+                continue
+            known, seen = spelled.setdefault(label.casefold(), (label, f"{label!r} ({where})"))
+            if label not in classes and known != label:
+                clash = f"{label!r} ({where}) and {seen}"
+                if clash not in cases:
+                    cases.append(clash)
                 continue
             if label not in classes and label not in new_classes:
                 new_classes.append(label)
@@ -291,12 +347,13 @@ class ProjectStore:
                 first, other = found[image]
                 conflicts.append(f"{image} ({first}: {other}, {where}: {label})")
             found.setdefault(image, (where, label))
-        if unknown and len(unknown) == len(rows):
-            raise LabelingError(
-                f"none of the {len(rows)} rows of {source} names an image of this project "
-                f"(e.g. {unknown[0]}); is it another project's file? Nothing imported"
-            )
+        self._refuse_gone_only(rows, source, unknown, removed, unreadable)
         problems = []
+        if cases:
+            problems.append(
+                f"label(s) that differ from a class or another label only by letter case: "
+                f"{listed(cases)}; use one spelling"
+            )
         if unknown:
             problems.append(f"{len(unknown)} unknown image(s): {listed(unknown)}")
         if empty:
@@ -312,6 +369,12 @@ class ProjectStore:
             )
         if problems:
             raise LabelingError(f"{source}: " + "; ".join(problems) + "; nothing imported")
+        for what, items in (
+            (f"images removed from the images folder {self.state['images']}", removed),
+            ("images that are unreadable now (not in the pool)", unreadable),
+        ):
+            if items:
+                self.log(f"{source}: skipped {len(items)} row(s) of {what}: {listed(items)}")
         labels = {i: lab for i, (_, lab) in found.items()}
         hashes = {str(i): str(h) for i, h in zip(self.pool.ids_N, self.pool.hashes_N, strict=True)}
         entry = self.journal.append(
@@ -327,3 +390,31 @@ class ProjectStore:
                 + (f"; new classes: {', '.join(new_classes)}" if new_classes else "")
             )
         return entry
+
+    def _refuse_gone_only(self, rows, source: str, unknown, removed, unreadable) -> None:
+        """Raises when no row names an image of the pool, saying why (removed, unreadable,
+        or another project's file)."""
+        if len(unknown) + len(removed) + len(unreadable) < len(rows):
+            return
+        reasons = []
+        if removed:
+            reasons.append(
+                f"{len(removed)} of them name image(s) removed from the images folder "
+                f"{self.state['images']} (e.g. {removed[0]})"
+            )
+        if unreadable:
+            reasons.append(
+                f"{len(unreadable)} name image(s) that are unreadable now (e.g. {unreadable[0]})"
+            )
+        if unknown:
+            reasons.append(f"{len(unknown)} name no image of this project (e.g. {unknown[0]})")
+        if not removed and not unreadable:
+            raise LabelingError(
+                f"none of the {len(rows)} rows of {source} names an image of this project "
+                f"(e.g. {unknown[0]}); is it another project's file? Nothing imported"
+            )
+        raise LabelingError(
+            f"none of the {len(rows)} rows of {source} names an image in the pool: "
+            + ", ".join(reasons)
+            + "; nothing imported"
+        )
