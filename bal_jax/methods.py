@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bal_jax import sampling, subpools
+from bal_jax import coverage, sampling, subpools
 from bal_jax.kmeans import cdd, kmeans, pairwise_sq_dists
 from bal_jax.typical import bal_typical_select
 
@@ -37,10 +37,14 @@ METHODS = (
     "typiclust",
     "bal_typical",
     "bal_switch",
+    "probcover",
+    "maxherding",
 )
 # Methods that choose their own first labeled set; the rest start from a random set that
 # is shared by all of them for a given seed.
-HOT_START = frozenset({"bal", "pt4al", "typiclust", "bal_typical", "bal_switch"})
+HOT_START = frozenset(
+    {"bal", "pt4al", "typiclust", "bal_typical", "bal_switch", "probcover", "maxherding"}
+)
 # What each method needs from the main model of the previous cycle.
 NEEDS_PROBS = frozenset(
     {"bal", "pt4al", "confidence", "entropy", "margin", "badge", "bal_typical", "bal_switch"}
@@ -48,7 +52,9 @@ NEEDS_PROBS = frozenset(
 # Methods that draw from BAL's sub-pools and so need a beta (paper Eq. 9).
 NEEDS_BETA = frozenset({"bal", "bal_typical", "bal_switch"})
 # Methods that select with the pretext features.
-NEEDS_PRETEXT = frozenset({"bal", "pt4al", "typiclust", "bal_typical", "bal_switch"})
+NEEDS_PRETEXT = frozenset(
+    {"bal", "pt4al", "typiclust", "bal_typical", "bal_switch", "probcover", "maxherding"}
+)
 NEEDS_FEATURES = frozenset({"coreset", "badge"})
 NEEDS_MC_DROPOUT = frozenset({"dbal"})
 
@@ -341,6 +347,11 @@ class SelectionContext(NamedTuple):
     pt4al_normalize_logits: bool = True
     # bal_switch: TypiClust picks while fewer than this fraction of the pool is labeled.
     switch_fraction: float = 0.1
+    # probcover / maxherding (`bal_jax.coverage`): None computes delta (purity rule, K-means
+    # into probcover_clusters = the number of classes) or sigma from the pretext features.
+    probcover_delta: float | None = None
+    probcover_clusters: int = coverage.DEFAULT_CLUSTERS
+    maxherding_sigma: float | None = None
 
 
 def switch_cycle(counts, *, pool_size: int, switch_fraction: float) -> int:
@@ -449,6 +460,17 @@ def select(
     if method == "typiclust":
         return np.asarray(
             sampling.typiclust(key, context.pretext_features_ND, labeled_mask, unlabeled, k)
+        )
+    if method in ("probcover", "maxherding"):
+        return coverage.select(
+            method,
+            key,
+            context.pretext_features_ND,
+            labeled_mask,
+            k,
+            delta=context.probcover_delta,
+            sigma=context.maxherding_sigma,
+            num_clusters=context.probcover_clusters,
         )
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
