@@ -362,6 +362,7 @@ def test_bfloat16_fit_trains_and_keeps_float32_state():
 def test_steps_per_dispatch_matches_one_step_per_call():
     x, y = digits()
     runs = []
+    start = params_of(small_model())
     for group in (1, 2):  # 5 steps: two groups of 2 in one call each, then one single step
         model = small_model()
         metrics = train.fit(
@@ -379,6 +380,18 @@ def test_steps_per_dispatch_matches_one_step_per_call():
         runs.append((metrics, params_of(model)))
     (m1, p1), (m2, p2) = runs
     assert m1["steps_per_epoch"] == m2["steps_per_epoch"] == 5
-    np.testing.assert_allclose(m1["loss"], m2["loss"], rtol=1e-5)
+    np.testing.assert_allclose(m1["loss"], m2["loss"], rtol=1e-3)
     np.testing.assert_allclose(m1["accuracy"], m2["accuracy"])
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), p1, p2)
+
+    # Same trajectory, up to float summation order: XLA compiles the scanned and the single
+    # step into different fusions, whose rounding differs by processor (a 2.2e-3 relative
+    # difference was seen on one Xeon). What the code promises is the same 5 updates, so each
+    # tensor's difference must be small against how far the 5 updates moved it; a skipped,
+    # repeated or reordered step moves it by about a fifth of that or more. Tensors that
+    # the updates hardly move (a bias that BatchNorm cancels: about 1e-8) are float noise,
+    # hence the absolute floor.
+    def same_path(a, b, a0):
+        moved = np.linalg.norm(a - a0)
+        assert np.linalg.norm(a - b) <= 0.02 * moved + 1e-6, (np.linalg.norm(a - b), moved)
+
+    jax.tree.map(same_path, p1, p2, start)
