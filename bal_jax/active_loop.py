@@ -167,6 +167,25 @@ def main_train_key(key: jax.Array, cycle: int) -> jax.Array:
     return jax.random.fold_in(named_key(key, "main_train"), cycle)
 
 
+def cycle_key(key: jax.Array, method: str, cycle: int) -> jax.Array:
+    """The per-cycle key of `method` (its prediction and selection keys derive from it).
+
+    ``bal_switch``'s typical cycles are TypiClust's own picks (the same keys), so the two
+    share their trained models and differ only from the switch on.
+    """
+    return jax.random.fold_in(
+        named_key(key, "typiclust" if method == "bal_switch" else method), cycle
+    )
+
+
+def selection_key(key: jax.Array, method: str, cycle: int) -> jax.Array:
+    """The key `select` gets in cycle `cycle`: cold-start methods (not HOT_START) share one
+    random first set per seed; the runner and the labeling tool both draw it here."""
+    if cycle == 0 and method not in HOT_START:
+        return named_key(key, "initial_set")
+    return named_key(cycle_key(key, method, cycle), "select")
+
+
 def fit_kwargs(settings: TrainSettings, mean, std, mesh) -> dict[str, Any]:
     """`train.fit` / `train.fit_rotation` keyword arguments of one training stage."""
     return dict(
@@ -434,29 +453,20 @@ def run_cycles(
             digest = records[-1].get("model_digest") if records else None
             log(f"[{method}] resumed after cycle {start} of {num_cycles}")
 
-    # bal_switch's typical cycles are TypiClust's own picks (the same keys), so the two share
-    # their trained models and differ only from the switch on.
-    method_key = named_key(key, "typiclust" if method == "bal_switch" else method)
     for cycle in range(start, num_cycles if stop_after is None else stop_after):
         times: dict[str, float] = {}
         labeled_mask = label_cycle >= 0
         t0 = time.perf_counter()
         preds = PoolPredictions()
-        cycle_key = jax.random.fold_in(method_key, cycle)
         if cycle > 0:
-            preds = _predict_pool(
-                method, net, named_key(cycle_key, "predict"), pool.images, settings, mean, std, mesh
-            )
+            predict_key = named_key(cycle_key(key, method, cycle), "predict")
+            preds = _predict_pool(method, net, predict_key, pool.images, settings, mean, std, mesh)
         times["predict"] = time.perf_counter() - t0
-        if cycle == 0 and method not in HOT_START:
-            select_key = named_key(key, "initial_set")  # shared by cold-start methods
-        else:
-            select_key = named_key(cycle_key, "select")
         t0 = time.perf_counter()
         picked = np.asarray(
             select(
                 method,
-                select_key,
+                selection_key(key, method, cycle),
                 cycle=cycle,
                 num_cycles=num_cycles,
                 k=int(counts[cycle]),

@@ -27,7 +27,7 @@ from absl import app, flags, logging
 
 from bal_jax.active_loop import TrainSettings
 from bal_jax.labeling import LabelingError, LabelingProject, ProjectConfig, predict_folder
-from bal_jax.labeling.config import replace_settings
+from bal_jax.labeling.config import FEATURE_SOURCES, replace_settings
 from bal_jax.labeling.models import read_meta
 
 COMMANDS = ("init", "next", "import", "status", "export", "predict")
@@ -65,6 +65,19 @@ def define_flags() -> None:
     flags.DEFINE_float("beta", None, "Balancing factor (default: the released code's per budget).")
     flags.DEFINE_integer("num_clusters", None, "K-means K (default: the number of classes).")
     flags.DEFINE_integer("cv_folds", None, "Folds of status's cross-validated accuracy.")
+    flags.DEFINE_string(
+        "features",
+        None,
+        "init: patches (default: k-means patch features, no network), rotation (the paper's "
+        "rotation network) or FILE, your own embeddings (.npz/.npy/.csv/.parquet keyed by "
+        "image id or path); predict: FILE with the new images' embeddings.",
+    )
+    flags.DEFINE_string(
+        "method", None, "init: selection method (default bal_switch; the paper's: bal)."
+    )
+    flags.DEFINE_string(
+        "classifier", None, "init: linear (default: a head on the features) or vgg (paper's)."
+    )
     for stage in ("pretext_", ""):
         flags.DEFINE_integer(f"{stage}epochs", None, f"{stage or 'main '}epochs.")
         flags.DEFINE_integer(f"{stage}batch_size", None, f"{stage or 'main '}batch size.")
@@ -86,6 +99,10 @@ _FIELDS = {
     "beta": float,
     "num_clusters": int,
     "cv_folds": int,
+    # A file of embeddings is kept by its absolute path (later commands may run elsewhere).
+    "features": lambda v: v if v in FEATURE_SOURCES else os.path.abspath(v),
+    "method": str,
+    "classifier": str,
 }
 _TRAIN_FIELDS = {"epochs": "epochs", "batch_size": "batch_size", "lr": "learning_rate"}
 
@@ -147,11 +164,17 @@ def format_status(s: dict) -> str:
     if s["labels_of_removed_images"]:
         lines.append(f"labels of images no longer in the folder: {s['labels_of_removed_images']}")
     if s["cv"]:
-        accs = ", ".join(f"{100 * a:.1f}" for a in s["cv"]["accuracies"])
-        lines.append(
-            f"{s['cv']['folds']}-fold cross-validated accuracy on the {s['cv']['num_labels']} "
-            f"labels: {100 * s['cv']['mean']:.1f}% (folds {accs})"
+        cv = s["cv"]
+        how = (
+            f"folds {', '.join(f'{100 * a:.1f}' for a in cv['accuracies'])}"
+            if cv["accuracies"]
+            else f"linear head, L2 {cv['l2']:g} chosen on the same folds"
         )
+        lines.append(
+            f"{cv['folds']}-fold cross-validated accuracy on the {cv['num_labels']} "
+            f"labels: {100 * cv['mean']:.1f}% ({how})"
+        )
+    lines.append(f"features {s['features']}, method {s['method']}, classifier {s['classifier']}")
     return "\n".join(lines)
 
 
@@ -199,7 +222,11 @@ def run(command: str) -> None:
         model = flags.FLAGS.model or _latest_export()
         read_meta(model, required=True)  # one sentence for an unfinished or missing export
         result = predict_folder(
-            model, _need("images", command), out=_need("out", command), log=_log
+            model,
+            _need("images", command),
+            out=_need("out", command),
+            features_file=flags.FLAGS.features,
+            log=_log,
         )
         line = f"labeled {result['num_images']} images -> {result['out']}"
         if result["accuracy"] is not None:

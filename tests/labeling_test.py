@@ -28,6 +28,7 @@ from bal_jax.active_loop import (
     run_cycles,
 )
 from bal_jax.labeling import LabelingError, LabelingProject, ProjectConfig, formats, models
+from bal_jax.labeling.config import PAPER_SETTING
 from bal_jax.methods import SelectionContext, bal_order
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -40,6 +41,7 @@ TINY = ProjectConfig(
     pretext=TrainSettings(epochs=1, batch_size=32, learning_rate=0.1, eval_batch_size=128),
     main=TrainSettings(epochs=1, batch_size=16, learning_rate=0.05, eval_batch_size=128),
     cv_folds=3,  # folds fit on 20 labels: the shape round 2 compiled
+    **PAPER_SETTING,  # rotation network, the paper's BAL, VGG16 (compared with the runner)
 )
 
 

@@ -17,8 +17,9 @@ import os
 
 from bal_jax.active_loop import TrainSettings
 from bal_jax.budgets import BUDGETS, cycle_counts
+from bal_jax.embeddings import FORMATS as EMBEDDING_FORMATS
 from bal_jax.labeling import formats
-from bal_jax.methods import bal_min_beta
+from bal_jax.methods import METHODS, bal_min_beta
 from bal_jax.train.recipe import RECIPES, Recipe
 
 __all__ = [
@@ -42,6 +43,23 @@ DEFAULT_MAIN = TrainSettings(
 )
 
 
+# Where a project's features come from: the paper's rotation network, k-means patch features
+# (no network; bal_jax.patch_features), or a file of the user's own embeddings
+# (bal_jax.embeddings), given as its path.
+FEATURE_SOURCES = ("patches", "rotation")
+# Runner methods a project can pick with: PT4AL needs rotation losses and DBAL MC dropout,
+# which a project does not compute.
+LABELING_METHODS = tuple(m for m in METHODS if m not in ("pt4al", "dbal"))
+CLASSIFIERS = ("linear", "vgg")
+# The defaults are the measured best at low budgets on CIFAR-10 (see README, Labeling):
+# bal_switch on patch features (= TypiClust below 10 % labeled: +2.7 +- 1.5 points over
+# random, experiments/reports/cifar10_cpu_patches.md) and a linear head on the features
+# (experiments/reports/classifiers.md). The paper's setting: features='rotation',
+# method='bal', classifier='vgg'.
+DEFAULT_FEATURES, DEFAULT_METHOD, DEFAULT_CLASSIFIER = "patches", "bal_switch", "linear"
+PAPER_SETTING = {"features": "rotation", "method": "bal", "classifier": "vgg"}
+
+
 class LabelingError(ValueError):
     """Bad input to a labeling command, reported in one sentence before any work."""
 
@@ -60,7 +78,12 @@ class ProjectConfig:
       pretext, main: optimisation settings of the rotation network and the classifier.
       beta: balancing factor; None = the released code's value for the budget (PAPER_BETA).
       num_clusters: K-means K; None = the number of classes.
-      cv_folds: folds of the cross-validated accuracy `status` reports.
+      cv_folds: folds of the cross-validated accuracy `status` reports (and of the linear
+        head's L2 choice).
+      features: 'patches', 'rotation' or the path of an embeddings file (`bal_jax.embeddings`).
+      method: the selection method, one of LABELING_METHODS.
+      classifier: 'linear' (a head on the features, `bal_jax.heads`) or 'vgg' (VGG16 trained
+        from scratch on the images, the paper's).
     """
 
     image_size: int = 32
@@ -75,6 +98,14 @@ class ProjectConfig:
     beta: float | None = None
     num_clusters: int | None = None
     cv_folds: int = 3
+    features: str = DEFAULT_FEATURES
+    method: str = DEFAULT_METHOD
+    classifier: str = DEFAULT_CLASSIFIER
+
+    @property
+    def features_file(self) -> str | None:
+        """The embeddings file, when the features are the user's own."""
+        return None if self.features in FEATURE_SOURCES else self.features
 
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)
@@ -92,7 +123,8 @@ class ProjectConfig:
             d[name] = TrainSettings(**s)
         if d["classes"] is not None:
             d["classes"] = tuple(d["classes"])
-        return cls(**d)
+        # Projects made before these settings existed ran the paper's setting.
+        return cls(**{**PAPER_SETTING, **d})
 
     def check(self) -> None:
         """Raises LabelingError on a value no data could make valid."""
@@ -109,6 +141,20 @@ class ProjectConfig:
         need(self.width > 0, "width must be positive")
         need(self.beta is None or self.beta > 0, "beta must be positive")
         need(self.cv_folds >= 2, "cv_folds must be at least 2")
+        need(
+            self.features in FEATURE_SOURCES
+            or os.path.splitext(self.features)[1].lower() in EMBEDDING_FORMATS,
+            f"--features must be one of {', '.join(FEATURE_SOURCES)} or an embeddings file "
+            f"({', '.join(EMBEDDING_FORMATS)}), got {self.features!r}",
+        )
+        need(
+            self.method in LABELING_METHODS,
+            f"--method must be one of {', '.join(LABELING_METHODS)}, got {self.method!r}",
+        )
+        need(
+            self.classifier in CLASSIFIERS,
+            f"--classifier must be one of {', '.join(CLASSIFIERS)}, got {self.classifier!r}",
+        )
         for stage, st in (("pretext_", self.pretext), ("", self.main)):
             need(st.epochs >= 1 and st.batch_size >= 1, f"--{stage}epochs and batch size >= 1")
             need(st.learning_rate > 0, f"--{stage}lr must be positive")
@@ -121,6 +167,24 @@ class ProjectConfig:
             need(len(self.classes) >= 2, "give at least two classes")
             need(len(set(self.classes)) == len(self.classes), "a class is listed twice")
             need(all(c.strip() == c and c for c in self.classes), "class names must be non-empty")
+
+
+def setting_line(config: ProjectConfig) -> str:
+    """What `init` says about the project's features, method and classifier, and why."""
+    chosen = (config.features, config.method, config.classifier)
+    paper = tuple(PAPER_SETTING[k] for k in ("features", "method", "classifier"))
+    defaults = (DEFAULT_FEATURES, DEFAULT_METHOD, DEFAULT_CLASSIFIER)
+    head = f"features {chosen[0]}, method {chosen[1]}, classifier {chosen[2]}"
+    if chosen == defaults:
+        return (
+            f"{head}: the defaults, the best measured at low budgets (README 'Label your own "
+            "images'; experiments/reports/cifar10_cpu_patches.md, experiments/reports/"
+            "classifiers.md); the paper's setting is --features=rotation --method=bal "
+            "--classifier=vgg"
+        )
+    if chosen == paper:
+        return f"{head}: the paper's setting (faithful BAL: rotation network, VGG16)"
+    return f"{head} (chosen by flags)"
 
 
 def settings_dict(settings: TrainSettings) -> dict:

@@ -23,7 +23,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from bal_jax import train
+from bal_jax import heads, train
 from bal_jax.active_loop import TrainSettings, named_key
 from bal_jax.active_loop import fit_kwargs as _runner_fit_kwargs
 from bal_jax.atomic import atomic_dir
@@ -44,6 +44,7 @@ __all__ = [
 ]
 
 _META = "model.json"
+_HEAD = "head.npz"
 
 
 def fit_kwargs(settings: TrainSettings, mean: Sequence[float], std: Sequence[float]) -> dict:
@@ -106,6 +107,47 @@ def features(
     return np.asarray(out.features_ND, np.float32)
 
 
+# What a saved model folder may hold (a VGG checkpoint, or a linear head with the feature
+# transform it needs).
+_SAVED = (_META, f"{_META}.tmp", "checkpoint", _HEAD, "patches.npz", "pretext")
+
+
+def _check_replaceable(path: str) -> None:
+    if os.path.lexists(path):
+        names = os.listdir(path) if os.path.isdir(path) else None
+        # A saved model, possibly one left half done by an earlier version of this function.
+        ours = names is not None and all(n in _SAVED or ".orbax-checkpoint-tmp" in n for n in names)
+        if not ours:
+            raise LabelingError(
+                f"{path} exists and is not a saved model, so it is not replaced; choose "
+                "another folder"
+            )
+
+
+def save_head(
+    path: str, head: heads.LinearHead, *, meta: dict, extra: Callable | None = None
+) -> None:
+    """Saves a linear head (`head.npz`) and its `meta` atomically, as `save_model` does;
+    `extra(tmp_folder)` may add files (the feature transform of an export) and edit `meta`
+    before it is written."""
+    _check_replaceable(path)
+    with atomic_dir(path) as tmp:
+        np.savez(os.path.join(tmp, _HEAD), **head.arrays())
+        if extra is not None:
+            extra(tmp)
+        with open(os.path.join(tmp, _META), "w") as f:
+            json.dump(meta, f, indent=2, sort_keys=True)
+
+
+def load_head(path: str) -> heads.LinearHead:
+    read_meta(path, required=True)
+    head_path = os.path.join(path, _HEAD)
+    if not os.path.isfile(head_path):
+        raise LabelingError(f"{path} has {_META} but no {_HEAD}; export the model again")
+    with np.load(head_path, allow_pickle=False) as z:
+        return heads.LinearHead.from_arrays(z)
+
+
 def save_model(path: str, model: VGG16, *, meta: dict) -> None:
     """Saves `model` and its `meta` (JSON) to the folder `path`, replacing a saved model there.
 
@@ -115,18 +157,7 @@ def save_model(path: str, model: VGG16, *, meta: dict) -> None:
     Raises:
       LabelingError: `path` exists and is not a saved model (it is left alone).
     """
-    if os.path.lexists(path):
-        names = os.listdir(path) if os.path.isdir(path) else None
-        # A saved model, possibly one left half done by an earlier version of this function.
-        ours = names is not None and all(
-            n in (_META, f"{_META}.tmp", "checkpoint") or ".orbax-checkpoint-tmp" in n
-            for n in names
-        )
-        if not ours:
-            raise LabelingError(
-                f"{path} exists and is not a saved model, so it is not replaced; choose "
-                "another folder"
-            )
+    _check_replaceable(path)
     with atomic_dir(path) as tmp:
         with ocp.StandardCheckpointer() as ckptr:
             ckptr.save(os.path.join(tmp, "checkpoint"), nnx.state(model))
@@ -262,6 +293,7 @@ def predict_folder(
     *,
     out: str,
     batch_size: int = 512,
+    features_file: str | None = None,
     log: Callable[[str], None] = print,
 ) -> dict:
     """Labels every image below `images` with a saved classifier; writes path,label,confidence.
@@ -274,19 +306,20 @@ def predict_folder(
       images: folder of images, any depth.
       out: the CSV to write.
       batch_size: images per forward pass.
+      features_file: embeddings of the images (a model exported from a project on the
+        user's own embeddings needs them; `bal_jax.embeddings`).
       log: one line per step.
 
     Returns:
       {'num_images', 'unreadable', 'accuracy' (or None), 'num_with_truth', 'out'}.
     """
-    if read_meta(model_dir) is None:
-        raise LabelingError(f"{model_dir} holds no exported model (no {_META})")
+    read_meta(model_dir, required=True)  # one sentence on what the folder is instead
     if not os.path.isdir(images):
         raise LabelingError(f"images folder {images} does not exist")
     ids = list(pool_lib.scan_folder(images))
     if not ids:
         raise LabelingError(f"images folder {images} holds no images")
-    net, meta = load_model(model_dir)
+    meta = read_meta(model_dir)
     decoded, errors = decode.decode_images(
         [os.path.join(images, i) for i in ids], image_size=meta["image_size"], channels=3
     )
@@ -295,14 +328,23 @@ def predict_folder(
         log(f"skipped {len(bad)} unreadable image(s): " + ", ".join(i for i, _ in bad[:10]))
     ok = [n for n, e in enumerate(errors) if e is None]
     ids = [ids[n] for n in ok]
-    logits = train.predict(
-        net,
-        np.stack([decoded[n] for n in ok]),
-        batch_size=batch_size,
-        mean=meta["mean"],
-        std=meta["std"],
-        tta_flip=bool(meta.get("tta_flip", False)),
-    ).logits_NC
+    batch = np.stack([decoded[n] for n in ok])
+    if meta.get("kind") == "linear":
+        from bal_jax.labeling.featurize import FeatureTransform  # imports this module
+
+        feats = FeatureTransform(meta["features"], model_dir)(
+            batch, ids, meta=meta, features_file=features_file, root=images
+        )
+        logits = load_head(model_dir).logits(feats)
+    else:
+        logits = train.predict(
+            load_model(model_dir)[0],
+            batch,
+            batch_size=batch_size,
+            mean=meta["mean"],
+            std=meta["std"],
+            tta_flip=bool(meta.get("tta_flip", False)),
+        ).logits_NC
     probs = np.asarray(jax.nn.softmax(np.asarray(logits, np.float32), axis=-1))
     classes = meta["classes"]
     pred = probs.argmax(axis=1)

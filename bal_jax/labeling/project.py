@@ -28,10 +28,10 @@ import jax
 import numpy as np
 from flax import nnx
 
-from bal_jax import train
-from bal_jax.active_loop import main_train_key, named_key
+from bal_jax import heads, train
+from bal_jax.active_loop import main_train_key, named_key, selection_key
 from bal_jax.data import channel_stats
-from bal_jax.labeling import formats, models
+from bal_jax.labeling import featurize, formats, models
 from bal_jax.labeling import pool as pool_lib
 from bal_jax.labeling.config import (
     LabelingError,
@@ -41,9 +41,10 @@ from bal_jax.labeling.config import (
     folder_classes,
     listed,
     round_counts,
+    setting_line,
 )
 from bal_jax.labeling.store import ProjectStore, log_unreadable, read_json, save_npz, write_json
-from bal_jax.methods import PoolPredictions, SelectionContext, select
+from bal_jax.methods import NEEDS_PRETEXT, PoolPredictions, SelectionContext, select
 from bal_jax.models import VGG16
 
 __all__ = ["LabelingError", "LabelingProject", "ProjectConfig", "Round"]
@@ -110,6 +111,8 @@ class LabelingProject(ProjectStore):
                 formats.read_labels(labels)
             except formats.LabelFileError as e:
                 raise LabelingError(str(e)) from None
+        if config.features_file is not None:  # every image has one row: before decoding
+            featurize.check_embeddings(config, images, list(snapshot))
         classes, folder_labels = folder_classes(images, list(snapshot), config.classes, labels)
         budget = dict(budget=config.budget, per_round=config.per_round, rounds=config.rounds)
         n = len(snapshot)
@@ -152,6 +155,7 @@ class LabelingProject(ProjectStore):
                 f"{n} images, classes {listed(classes, 20)}, {len(counts)} rounds of "
                 f"{listed(sorted(set(counts)))} images; beta {beta:g} ({beta_source})"
             )
+            log(setting_line(config))
         project = cls(workdir, log=log)
         have = set(project.pool.ids_N.tolist())
         folder_labels = [r for r in folder_labels if r[1][1] in have]
@@ -182,6 +186,76 @@ class LabelingProject(ProjectStore):
         # The runner's per-cycle key of method "bal" (bal_jax.active_loop.run_cycles).
         return jax.random.fold_in(named_key(self.key, "bal"), cycle)
 
+    def _labels_digest(self, idx, y) -> str:
+        return hashlib.sha256(
+            json.dumps([self.pool.ids_N[idx].tolist(), y.tolist(), self.classes]).encode()
+        ).hexdigest()[:16]
+
+    def head(self, upto: int) -> tuple[heads.LinearHead, dict]:
+        """The linear head that picks round `upto`, fitted on every label so far (its L2
+        chosen by `cv_folds`-fold cross-validation on those labels); saved under
+        models/round_NN and reused while the labels do not change. Returns (head, meta)."""
+        idx, y = self._labeled_pool()
+        if idx.size == 0:
+            raise LabelingError("no image of the pool is labeled yet; import labels first")
+        digest = self._labels_digest(idx, y)
+        path = self._path("models", f"round_{upto:02d}")
+        meta = models.read_meta(path)
+        if meta is not None and meta.get("labels_digest") == digest and meta["kind"] == "linear":
+            return models.load_head(path), meta
+        t0 = time.perf_counter()
+        head, cv = heads.fit_head(
+            named_key(main_train_key(self.key, upto - 1), "head"),
+            self.head_features[idx],
+            y,
+            num_classes=len(self.classes),
+            folds=self.config.cv_folds,
+            reference=self.head_features,
+        )
+        meta = {
+            "kind": "linear",
+            "classes": self.classes,
+            "image_size": self.config.image_size,
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "feature_dim": int(self.head_features.shape[1]),
+            "labels_digest": digest,
+            "num_labels": int(idx.size),
+            "round": upto,
+            "project_id": self.state["project_id"],
+            "l2": head.l2,
+            "cv": None if cv is None else cv._asdict(),
+        }
+        self.log(
+            f"fitted the linear head on {idx.size} labels in {time.perf_counter() - t0:.1f}s "
+            f"(L2 {head.l2:g}"
+            + ("" if cv is None else f", {cv.folds}-fold CV accuracy {100 * cv.accuracy:.1f}%")
+            + ")"
+        )
+        models.save_head(path, head, meta=meta)
+        return head, meta
+
+    def predictions(self, upto: int) -> PoolPredictions:
+        """The classifier of round `upto` on the whole pool (what uncertainty methods use)."""
+        if self.config.classifier == "linear":
+            head = self.head(upto)[0]
+            logits = head.logits(self.head_features)
+            probs = np.asarray(jax.nn.softmax(logits, axis=-1))
+            return PoolPredictions(probs_NC=probs, logits_NC=logits, features_ND=self._features)
+        out = train.predict(
+            self.classifier(upto),
+            self.pool.images_NHWC,
+            batch_size=self.config.main.eval_batch_size,
+            mean=self.mean,
+            std=self.std,
+            tta_flip=self.config.main.recipe.tta_flip,
+        )
+        logits = np.asarray(out.logits_NC, np.float32)
+        probs = np.asarray(jax.nn.softmax(logits, axis=-1))
+        return PoolPredictions(
+            probs_NC=probs, logits_NC=logits, features_ND=np.asarray(out.features_ND)
+        )
+
     def classifier(self, upto: int) -> VGG16:
         """The main model that picks round `upto`, trained on every label of the pool so far.
 
@@ -194,9 +268,7 @@ class LabelingProject(ProjectStore):
         if idx.size == 0:
             raise LabelingError("no image of the pool is labeled yet; import labels first")
         c, classes = self.config, self.classes
-        digest = hashlib.sha256(
-            json.dumps([self.pool.ids_N[idx].tolist(), y.tolist(), classes]).encode()
-        ).hexdigest()[:16]
+        digest = self._labels_digest(idx, y)
         path = self._path("models", f"round_{upto:02d}")
         meta = models.read_meta(path)
         if meta is not None and meta.get("labels_digest") == digest:
@@ -222,6 +294,7 @@ class LabelingProject(ProjectStore):
             path,
             net,
             meta={
+                "kind": "vgg",
                 "num_classes": len(classes),
                 "channels": 3,
                 "width": c.width,
@@ -241,12 +314,43 @@ class LabelingProject(ProjectStore):
     def _fresh_classifier(self, key: jax.Array) -> VGG16:
         return VGG16(len(self.classes), in_channels=3, width=self.config.width, rngs=nnx.Rngs(key))
 
-    def next_round(self, *, k: int | None = None, force: bool = False) -> Round:
-        """The `next` command: picks the next round with BAL and writes its files.
+    def _select(self, r: int, k: int, mask: np.ndarray) -> tuple[np.ndarray, PoolPredictions]:
+        """Round r's picks with the project's method: the runner's cycle-r selection (same
+        keys, `bal_jax.active_loop.selection_key`, same `select`), on the project's
+        features and classifier."""
+        method = self.config.method
+        preds = PoolPredictions() if r == 0 else self.predictions(r)
+        context = SelectionContext(
+            bal_order=self._order,
+            pretext_features_ND=self._features if method in NEEDS_PRETEXT else None,
+            beta=self.state["beta"],
+        )
+        picked = np.asarray(
+            select(
+                method,
+                selection_key(self.key, method, r),
+                cycle=r,
+                num_cycles=len(self.counts),
+                k=k,
+                labeled_mask=mask,
+                context=context,
+                preds=preds,
+            ),
+            np.int64,
+        )
+        if picked.shape != (k,) or np.unique(picked).size != k or mask[picked].any():
+            raise RuntimeError(f"{method} returned an invalid selection for round {r}")
+        return picked, preds
 
-        Round 0 takes the first k images of the first sub-pool in CDD order (no model yet);
-        later rounds train the classifier on all labels so far and take the least confident
-        images of the round's sub-pool (paper Eq. 6-8), as the runner's BAL cycle does.
+    def next_round(self, *, k: int | None = None, force: bool = False) -> Round:
+        """The `next` command: picks the next round with the project's method; writes its files.
+
+        Round r is the runner's cycle r of the same method (`_select`): round 0 needs no
+        model (with `bal`: the first k images of the first sub-pool in CDD order; with
+        `bal_switch` / `typiclust`: typical images); later rounds first fit the classifier
+        (linear head or VGG16) on all labels so far, whose probabilities drive the
+        uncertainty picks (with `bal`: the least confident images of the round's sub-pool,
+        paper Eq. 6-8).
 
         Args:
           k: images to pick (default: the budget's count for this round).
@@ -282,35 +386,8 @@ class LabelingProject(ProjectStore):
         if int((~mask).sum()) < k:
             left = int((~mask).sum())
             raise LabelingError(f"only {left} images are left to pick, fewer than {k}")
-        preds, classes = PoolPredictions(), self.classes
-        if r > 0:
-            net = self.classifier(r)
-            out = train.predict(
-                net,
-                self.pool.images_NHWC,
-                batch_size=self.config.main.eval_batch_size,
-                mean=self.mean,
-                std=self.std,
-                tta_flip=self.config.main.recipe.tta_flip,
-            )
-            logits = np.asarray(out.logits_NC, np.float32)
-            probs = np.asarray(jax.nn.softmax(logits, axis=-1))
-            preds = PoolPredictions(probs_NC=probs, logits_NC=logits)
-        picked = np.asarray(
-            select(
-                "bal",
-                named_key(self._cycle_key(r), "select"),
-                cycle=r,
-                num_cycles=len(counts),
-                k=k,
-                labeled_mask=mask,
-                context=SelectionContext(bal_order=self._order, beta=self.state["beta"]),
-                preds=preds,
-            ),
-            np.int64,
-        )
-        if picked.shape != (k,) or np.unique(picked).size != k or mask[picked].any():
-            raise RuntimeError(f"BAL returned an invalid selection for round {r}")
+        picked, preds = self._select(r, k, mask)
+        classes = self.classes
         root = self.state["images"]
         picks = []
         for n in picked.tolist():
@@ -333,14 +410,15 @@ class LabelingProject(ProjectStore):
             "k": k,
             "ids": [p.id for p in picks],
             "beta": self.state["beta"],
+            "method": self.config.method,
             "model": None if r == 0 else f"models/round_{r:02d}",
             "forced": bool(force and done),
             "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
         write_json(os.path.join(folder, "round.json"), record)  # written last: commits the round
-        how = "first k of the CDD order's first sub-pool" if r == 0 else "least confident"
         self.log(
-            f"round {r}: picked {k} images ({how}; beta {self.state['beta']:g}, "
+            f"round {r}: picked {k} images ({self.config.method} on {self.config.features} "
+            f"features, {self.config.classifier} classifier; beta {self.state['beta']:g}, "
             f"{self.state['beta_source']}) -> {csv_path}, Label Studio tasks {tasks_path}"
         )
         return Round(r, picks, self.state["beta"], self.state["beta_source"], csv_path, tasks_path)
@@ -383,6 +461,9 @@ class LabelingProject(ProjectStore):
             "beta": self.state["beta"],
             "beta_source": self.state["beta_source"],
             "cv": None,
+            "features": self.config.features,
+            "method": self.config.method,
+            "classifier": self.config.classifier,
         }
         if cv and done and labeled:
             out["cv"] = self.cross_validate()
@@ -399,6 +480,16 @@ class LabelingProject(ProjectStore):
         folds = self.config.cv_folds
         if idx.size < 2 * folds:
             return None
+        if self.config.classifier == "linear":
+            # The folds that chose the head's L2 (so slightly optimistic at the chosen value).
+            cv = self.head(max(len(self.rounds()), 1))[1]["cv"]
+            return {
+                "folds": cv["folds"],
+                "accuracies": None,
+                "mean": cv["accuracy"],
+                "num_labels": int(idx.size),
+                "l2": cv["l2"],
+            }
         path = self._path("cv.json")
         digest = hashlib.sha256(
             json.dumps([self.pool.ids_N[idx].tolist(), y.tolist(), self.classes]).encode()
@@ -420,6 +511,9 @@ class LabelingProject(ProjectStore):
         write_json(path, result)
         return result
 
+    def _export_features(self, tmp: str, meta: dict) -> None:
+        meta["features"] = featurize.FeatureTransform.export(self, tmp)
+
     def export(self, out: str) -> dict:
         """The `export` command: the classifier trained on every label so far, to `out`.
 
@@ -428,10 +522,17 @@ class LabelingProject(ProjectStore):
         """
         self.sync()
         upto = max(len(self.rounds()), 1)
-        net = self.classifier(upto)
-        meta = dict(models.read_meta(self._path("models", f"round_{upto:02d}")))
-        meta["exported_from"] = self.workdir
-        models.save_model(out, net, meta=meta)
+        if self.config.classifier == "linear":
+            head, meta = self.head(upto)
+            meta = {**meta, "exported_from": self.workdir}
+            models.save_head(
+                out, head, meta=meta, extra=lambda tmp: self._export_features(tmp, meta)
+            )
+        else:
+            net = self.classifier(upto)
+            meta = dict(models.read_meta(self._path("models", f"round_{upto:02d}")))
+            meta["exported_from"] = self.workdir
+            models.save_model(out, net, meta=meta)
         write_json(self._path("exports.json"), {"latest": os.path.abspath(out)})
         self.log(f"exported the classifier ({meta['num_labels']} labels) to {out}")
         return meta

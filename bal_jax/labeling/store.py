@@ -20,12 +20,11 @@ import numpy as np
 
 from bal_jax.active_loop import named_key
 from bal_jax.atomic import atomic_path
-from bal_jax.labeling import formats, models
+from bal_jax.labeling import featurize, formats
 from bal_jax.labeling import pool as pool_lib
 from bal_jax.labeling.config import LabelingError, ProjectConfig, listed, unreadable_message
 from bal_jax.labeling.journal import Journal
 from bal_jax.methods import bal_order
-from bal_jax.models import VGG16
 
 __all__ = ["ProjectStore", "read_json", "save_npz", "write_json"]
 
@@ -85,12 +84,16 @@ class ProjectStore:
         self.pool = pool_lib.Pool.from_arrays(arrays)
         self._features = arrays["features"] if "features" in arrays else None
         self._order = arrays["order"] if "order" in arrays else None
+        # What the linear head fits on, where it differs from the selection features.
+        self._head_features = arrays["head_features"] if "head_features" in arrays else None
         self._removed: dict[str, str] = {}  # {id: content hash} of images that left the pool
         if "removed_ids" in arrays:  # absent in folders made before it was recorded
             ids, hashes = arrays["removed_ids"].tolist(), arrays["removed_hashes"].tolist()
             self._removed = dict(zip(ids, hashes, strict=True))
 
-    def _save(self, pool: pool_lib.Pool, feats=None, order=None, removed=None) -> None:
+    def _save(
+        self, pool: pool_lib.Pool, feats=None, order=None, removed=None, head_feats=None
+    ) -> None:
         removed = self._removed if removed is None else removed
         arrays = pool.arrays()
         arrays.update(
@@ -99,8 +102,17 @@ class ProjectStore:
         )
         if feats is not None:
             arrays.update(features=feats, order=order)
+        if head_feats is not None:
+            arrays.update(head_features=head_feats)
         save_npz(self._path("pool.npz"), arrays)
         self.pool, self._features, self._order, self._removed = pool, feats, order, removed
+        self._head_features = head_feats
+
+    @property
+    def head_features(self) -> np.ndarray:
+        """(N, D) features the linear head fits on (the selection features unless the
+        source has better ones for a linear model: patches)."""
+        return self._features if self._head_features is None else self._head_features
 
     @property
     def classes(self) -> list[str]:
@@ -122,35 +134,12 @@ class ProjectStore:
     def std(self) -> tuple[float, ...]:
         return tuple(self.state["std"])
 
-    def _pretext_net(self) -> VGG16:
-        return models.load_model(self._path("pretext"))[0]
-
     def _ensure_features(self, progress) -> None:
         if self._order is not None:
             self.sync()
             return
-        c = self.config
-        if models.read_meta(self._path("pretext")) is None:
-            self.log(f"pretext: rotation network on {self.pool.ids_N.shape[0]} images")
-            t0 = time.perf_counter()
-            net = models.train_pretext(
-                named_key(self.key, "pretext"),
-                self.pool.images_NHWC,
-                width=c.width,
-                settings=c.pretext,
-                mean=self.mean,
-                std=self.std,
-                progress=progress,
-            )
-            meta = {"num_classes": 4, "channels": 3, "width": c.width}
-            models.save_model(self._path("pretext"), net, meta=meta)
-            self.log(f"pretext training {time.perf_counter() - t0:.1f}s")
-        else:
-            net = self._pretext_net()
-        feats = models.features(
-            net, self.pool.images_NHWC, settings=c.pretext, mean=self.mean, std=self.std
-        )
-        self._save(self.pool, feats, self._cdd_order(feats))
+        feats, head = featurize.pool_features(self, progress)
+        self._save(self.pool, feats, self._cdd_order(feats), head_feats=head)
 
     def _cdd_order(self, feats: np.ndarray) -> np.ndarray:
         t0 = time.perf_counter()
@@ -201,27 +190,31 @@ class ProjectStore:
             return change
         fresh = np.isin(pool.ids_N, [*change.added, *change.changed])
         old = {str(i): n for n, i in enumerate(self.pool.ids_N)}
+        kept = [old[i] for i in pool.ids_N[~fresh].tolist()]
         feats = np.zeros((pool.ids_N.shape[0], self._features.shape[1]), np.float32)
-        feats[~fresh] = self._features[[old[i] for i in pool.ids_N[~fresh].tolist()]]
+        feats[~fresh] = self._features[kept]
+        head = None
+        if self._head_features is not None:
+            head = np.zeros((pool.ids_N.shape[0], self._head_features.shape[1]), np.float32)
+            head[~fresh] = self._head_features[kept]
         if fresh.any():
             self.log(
-                f"features of {int(fresh.sum())} image(s) from the stored pretext network; "
+                f"features of {int(fresh.sum())} image(s) ({self.config.features}); "
                 "CDD order recomputed"
             )
-            feats[fresh] = models.features(
-                self._pretext_net(),
-                pool.images_NHWC[fresh],
-                settings=self.config.pretext,
-                mean=self.mean,
-                std=self.std,
+            new, new_head = featurize.more_features(
+                self, pool.images_NHWC[fresh], pool.ids_N[fresh].tolist()
             )
+            feats[fresh] = new
+            if head is not None:
+                head[fresh] = new_head
             order = self._cdd_order(feats)
         else:
             # Removal only: the remaining images keep their relative order.
             where = {i: n for n, i in enumerate(pool.ids_N.tolist())}
             old_ids = self.pool.ids_N[self._order].tolist()
             order = np.asarray([where[i] for i in old_ids if i in where], np.int64)
-        self._save(pool, feats, order, removed)
+        self._save(pool, feats, order, removed, head_feats=head)
         return change
 
     def labels(self) -> dict[str, str]:
