@@ -33,7 +33,15 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-__all__ = ["L2_GRID", "CVResult", "LinearHead", "cross_validate_l2", "fit_head", "fit_linear"]
+__all__ = [
+    "L2_GRID",
+    "CVResult",
+    "LinearHead",
+    "cross_validate_l2",
+    "fit_head",
+    "fit_linear",
+    "split_views",
+]
 
 # Candidate L2 strengths (on standardised features; the mean loss makes them independent of
 # the number of labels' scale). Wide enough for 10..10,000 labels and 64..4,096 dimensions.
@@ -65,8 +73,13 @@ class LinearHead:
         z = (feats_ND - self.mean_D) / self.scale_D
         return (z @ self.weights_DC + self.bias_C).astype(np.float32)
 
-    def probs(self, feats_ND) -> np.ndarray:
-        return np.asarray(jax.nn.softmax(self.logits(feats_ND), axis=-1))
+    def probs(self, feats_ND, mirrored=None) -> np.ndarray:
+        """Class probabilities; with `mirrored` (features of the flipped images) the mean
+        of the two views' (test-time flip averaging)."""
+        p = np.asarray(jax.nn.softmax(self.logits(feats_ND), axis=-1))
+        if mirrored is not None:
+            p = 0.5 * (p + np.asarray(jax.nn.softmax(self.logits(mirrored), axis=-1)))
+        return p
 
     def arrays(self) -> dict[str, np.ndarray]:
         """Everything a saved head needs (`from_arrays` restores it)."""
@@ -89,6 +102,14 @@ class LinearHead:
         )
 
 
+def split_views(feats) -> tuple[np.ndarray, np.ndarray | None]:
+    """(N, D) features -> (them, None); (N, 2, D) upright + mirror -> (upright, mirror)."""
+    feats = np.asarray(feats, np.float32)
+    if feats.ndim == 3 and feats.shape[1] == 2:
+        return feats[:, 0], feats[:, 1]
+    return feats, None
+
+
 class CVResult(NamedTuple):
     """The chosen L2 and the k-fold accuracy of every candidate (on the labels only)."""
 
@@ -100,7 +121,7 @@ class CVResult(NamedTuple):
 
 def _loss(params, z_ND, onehot_NC, weight_N, l2):
     w, b = params
-    logp = jax.nn.log_softmax(z_ND @ w + b, axis=-1)
+    logp = jax.nn.log_softmax(z_ND @ w + b[None], axis=-1)
     ce = -jnp.sum(weight_N * jnp.sum(onehot_NC * logp, -1)) / jnp.maximum(weight_N.sum(), 1.0)
     return ce + 0.5 * l2 * jnp.sum(w * w)
 
@@ -159,6 +180,7 @@ def fit_linear(
     num_classes: int,
     l2: float,
     reference: np.ndarray | None = None,
+    mirrored: np.ndarray | None = None,
     steps: int = _STEPS,
 ) -> LinearHead:
     """Fits the head with a given L2 (see `fit_head` to choose it by cross-validation).
@@ -170,10 +192,16 @@ def fit_linear(
       l2: the L2 strength on the weights (not the bias).
       reference: rows whose statistics standardise the features (default `feats_ND`), e.g.
         the whole unlabeled pool.
+      mirrored: features of the same images flipped left-right, added as more rows with the
+        same labels (augmentation; predict with `probs(feats, mirrored=...)` to average the
+        two views).
       steps: L-BFGS iterations.
     """
     feats_ND, labels_N = _check(feats_ND, labels_N, num_classes)
     mean, scale = _standardise(feats_ND, reference)
+    if mirrored is not None:
+        feats_ND = np.concatenate([feats_ND, _check(mirrored, labels_N, num_classes)[0]])
+        labels_N = np.concatenate([labels_N, labels_N])
     z = (feats_ND - mean) / scale
     w, b = _fit_many(
         jnp.asarray(z),
@@ -206,33 +234,43 @@ def cross_validate_l2(
     grid=L2_GRID,
     folds: int = 3,
     reference: np.ndarray | None = None,
+    mirrored: np.ndarray | None = None,
     steps: int = _STEPS,
 ) -> CVResult:
     """Stratified `folds`-fold accuracy of every L2 in `grid`; the best (ties: the larger L2,
-    the simpler model) is chosen. Uses the labels only."""
+    the simpler model) is chosen. Uses the labels only; an image and its mirror (`mirrored`)
+    always fall in the same fold, and a held-out image is scored as `probs` scores it."""
     feats_ND, labels_N = _check(feats_ND, labels_N, num_classes)
     if folds < 2 or labels_N.size < folds:
         raise ValueError(f"need at least {folds} >= 2 labels for {folds}-fold cross-validation")
     grid = tuple(float(g) for g in grid)
+    n = labels_N.size
     mean, scale = _standardise(feats_ND, reference)
-    z = jnp.asarray((feats_ND - mean) / scale)
     fold = stratified_folds(key, labels_N, folds)
-    train_GN = np.stack([(fold != f) for f in range(folds) for _ in grid]).astype(np.float32)
+    rows, row_labels, row_fold = feats_ND, labels_N, fold
+    if mirrored is not None:
+        rows = np.concatenate([feats_ND, _check(mirrored, labels_N, num_classes)[0]])
+        row_labels, row_fold = np.concatenate([labels_N] * 2), np.concatenate([fold] * 2)
+    z = jnp.asarray((rows - mean) / scale)
+    train_GN = np.stack([(row_fold != f) for f in range(folds) for _ in grid]).astype(np.float32)
     l2_G = np.asarray([g for _ in range(folds) for g in grid], np.float32)
     w, b = _fit_many(
         z,
-        jnp.asarray(labels_N),
+        jnp.asarray(row_labels),
         jnp.asarray(train_GN),
         jnp.asarray(l2_G),
         num_classes=num_classes,
         steps=steps,
     )
-    pred_GN = np.asarray(jnp.argmax(jnp.einsum("nd,gdc->gnc", z, w) + b[:, None], -1))
+    p = jax.nn.softmax(jnp.einsum("nd,gdc->gnc", z, w) + b[:, None], -1)
+    if mirrored is not None:
+        p = p[:, :n] + p[:, n:]
+    pred_GN = np.asarray(jnp.argmax(p, -1))
     correct = np.zeros(len(grid))
     for g in range(len(l2_G)):
-        held = train_GN[g] == 0
+        held = train_GN[g][:n] == 0
         correct[g % len(grid)] += np.sum(pred_GN[g][held] == labels_N[held])
-    acc = correct / labels_N.size
+    acc = correct / n
     best = max(range(len(grid)), key=lambda i: (round(acc[i], 12), grid[i]))
     return CVResult(grid[best], float(acc[best]), dict(zip(grid, acc.tolist(), strict=True)), folds)
 
@@ -246,6 +284,7 @@ def fit_head(
     grid=L2_GRID,
     folds: int = 3,
     reference: np.ndarray | None = None,
+    mirrored: np.ndarray | None = None,
 ) -> tuple[LinearHead, CVResult | None]:
     """Chooses the L2 by cross-validation on the labels, then fits on all of them.
 
@@ -263,7 +302,10 @@ def fit_head(
             grid=grid,
             folds=folds,
             reference=reference,
+            mirrored=mirrored,
         )
         l2 = cv.l2
-    head = fit_linear(feats_ND, labels_N, num_classes=num_classes, l2=l2, reference=reference)
+    head = fit_linear(
+        feats_ND, labels_N, num_classes=num_classes, l2=l2, reference=reference, mirrored=mirrored
+    )
     return head, cv

@@ -335,7 +335,8 @@ def predict_folder(
         feats = FeatureTransform(meta["features"], model_dir)(
             batch, ids, meta=meta, features_file=features_file, root=images
         )
-        logits = load_head(model_dir).logits(feats)
+        probs = load_head(model_dir).probs(*heads.split_views(feats))
+        logits = np.log(np.maximum(probs, 1e-12))
     else:
         logits = train.predict(
             load_model(model_dir)[0],

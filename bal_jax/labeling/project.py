@@ -204,13 +204,15 @@ class LabelingProject(ProjectStore):
         if meta is not None and meta.get("labels_digest") == digest and meta["kind"] == "linear":
             return models.load_head(path), meta
         t0 = time.perf_counter()
+        feats, mirror = heads.split_views(self.head_features)
         head, cv = heads.fit_head(
             named_key(main_train_key(self.key, upto - 1), "head"),
-            self.head_features[idx],
+            feats[idx],
             y,
             num_classes=len(self.classes),
             folds=self.config.cv_folds,
-            reference=self.head_features,
+            reference=feats,
+            mirrored=None if mirror is None else mirror[idx],
         )
         meta = {
             "kind": "linear",
@@ -218,7 +220,7 @@ class LabelingProject(ProjectStore):
             "image_size": self.config.image_size,
             "mean": list(self.mean),
             "std": list(self.std),
-            "feature_dim": int(self.head_features.shape[1]),
+            "feature_dim": int(feats.shape[1]),
             "labels_digest": digest,
             "num_labels": int(idx.size),
             "round": upto,
@@ -238,9 +240,8 @@ class LabelingProject(ProjectStore):
     def predictions(self, upto: int) -> PoolPredictions:
         """The classifier of round `upto` on the whole pool (what uncertainty methods use)."""
         if self.config.classifier == "linear":
-            head = self.head(upto)[0]
-            logits = head.logits(self.head_features)
-            probs = np.asarray(jax.nn.softmax(logits, axis=-1))
+            probs = self.head(upto)[0].probs(*heads.split_views(self.head_features))
+            logits = np.log(np.maximum(probs, 1e-12))  # of the flip-averaged probabilities
             return PoolPredictions(probs_NC=probs, logits_NC=logits, features_ND=self._features)
         out = train.predict(
             self.classifier(upto),

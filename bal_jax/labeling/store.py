@@ -111,7 +111,8 @@ class ProjectStore:
     @property
     def head_features(self) -> np.ndarray:
         """(N, D) features the linear head fits on (the selection features unless the
-        source has better ones for a linear model: patches)."""
+        source has better ones for a linear model: patches), or (N, 2, D) with each image's
+        mirror image's (`bal_jax.heads.split_views`)."""
         return self._features if self._head_features is None else self._head_features
 
     @property
@@ -195,7 +196,7 @@ class ProjectStore:
         feats[~fresh] = self._features[kept]
         head = None
         if self._head_features is not None:
-            head = np.zeros((pool.ids_N.shape[0], self._head_features.shape[1]), np.float32)
+            head = np.zeros((pool.ids_N.shape[0], *self._head_features.shape[1:]), np.float32)
             head[~fresh] = self._head_features[kept]
         if fresh.any():
             self.log(

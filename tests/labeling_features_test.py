@@ -1,0 +1,99 @@
+"""Labeling with the default setting (patch features, bal_switch, linear head) and with a
+file of the user's own embeddings, end to end on digits PNGs at toy size."""
+
+import dataclasses
+import os
+import shutil
+
+import numpy as np
+import pytest
+from labeling_test import annotate, quiet, write_digits
+
+from bal_jax.labeling import LabelingError, LabelingProject, ProjectConfig
+from bal_jax.labeling.models import predict_folder
+
+CONFIG = ProjectConfig(classes=tuple("0123456789"), per_round=10, rounds=3, cv_folds=3)
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("digits")
+    return str(root), write_digits(str(root), 0, 120)
+
+
+def run_rounds(workdir, images, truth, config, tmp, rounds=3):
+    project = LabelingProject.create(workdir, images=images, config=config, log=quiet)
+    picks = []
+    for r in range(rounds):
+        rnd = project.next_round()
+        picks.append([p.id for p in rnd.picks])
+        project.import_labels(annotate(rnd, truth, os.path.join(tmp, f"r{r}.csv")))
+    return project, picks
+
+
+def test_default_setting_rounds_status_export_predict(folder, tmp_path):
+    images, truth = folder
+    assert (CONFIG.features, CONFIG.method, CONFIG.classifier) == (
+        "patches",
+        "bal_switch",
+        "linear",
+    )
+    project, picks = run_rounds(str(tmp_path / "p"), images, truth, CONFIG, str(tmp_path))
+    assert len({i for p in picks for i in p}) == 30
+    assert project.head_features.shape == (120, 2, 1024)  # upright + mirror, 4 x 256 centres
+    status = project.status()
+    assert status["cv"]["num_labels"] == 30 and 0 <= status["cv"]["mean"] <= 1
+    assert status["method"] == "bal_switch"
+    project.export(str(tmp_path / "model"))
+    # The export is self-contained: predict works with the project folder gone.
+    shutil.rmtree(str(tmp_path / "p"))
+    test_dir = str(tmp_path / "test")
+    test_truth = write_digits(test_dir, 200, 60, class_folders=True)
+    out = predict_folder(
+        str(tmp_path / "model"), test_dir, out=str(tmp_path / "preds.csv"), log=quiet
+    )
+    assert out["num_images"] == len(test_truth) == out["num_with_truth"]
+    # 30 labels of 10 digit classes: well above chance (0.1) and no single-class model.
+    assert out["accuracy"] > 0.3
+    with open(str(tmp_path / "preds.csv")) as f:
+        predicted = {line.split(",")[1] for line in f.read().splitlines()[1:]}
+    assert len(predicted) > 3
+
+
+def test_embeddings_file_gives_the_builtin_sources_picks(folder, tmp_path):
+    """The patch features written to a file and given as --features=FILE pick what the
+    built-in source picks (TypiClust reads only the selection features)."""
+    images, truth = folder
+    config = dataclasses.replace(CONFIG, method="typiclust")
+    built, picks = run_rounds(str(tmp_path / "a"), images, truth, config, str(tmp_path))
+    emb = str(tmp_path / "emb.npz")
+    np.savez(emb, ids=built.pool.ids_N, embeddings=built._features)
+    from_file = dataclasses.replace(config, features=emb)
+    _, file_picks = run_rounds(str(tmp_path / "b"), images, truth, from_file, str(tmp_path))
+    assert file_picks == picks
+
+
+def test_embeddings_file_is_checked_before_any_work(folder, tmp_path):
+    images, _ = folder
+    emb = str(tmp_path / "emb.npz")
+    ids = sorted(os.listdir(images))
+    np.savez(emb, ids=np.asarray(ids[1:]), embeddings=np.zeros((len(ids) - 1, 4)))
+    workdir = str(tmp_path / "p")
+    with pytest.raises(LabelingError, match="no row for 1 of the 120"):
+        LabelingProject.create(
+            workdir, images=images, config=dataclasses.replace(CONFIG, features=emb), log=quiet
+        )
+    assert not os.path.exists(os.path.join(workdir, "pool.npz"))
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        ({"features": "clip"}, "--features must be one of"),
+        ({"method": "pt4al"}, "--method must be one of"),
+        ({"classifier": "svm"}, "--classifier must be one of"),
+    ],
+)
+def test_bad_settings_are_one_sentence(change, match):
+    with pytest.raises(LabelingError, match=match):
+        dataclasses.replace(CONFIG, **change).check()
