@@ -323,6 +323,7 @@ def _seed_context(
         bal_options=plan.bal_options(c),
         pt4al_normalize_logits=c.pt4al_normalize_logits,
         switch_fraction=c.switch_fraction,
+        probcover_clusters=plan.num_clusters,  # ProbCover's purity pseudo-labels (K-means K)
     )
     return context, info
 

@@ -325,6 +325,7 @@ class LabelingProject(ProjectStore):
             bal_order=self._order,
             pretext_features_ND=self._features if method in NEEDS_PRETEXT else None,
             beta=self.state["beta"],
+            probcover_clusters=self.config.num_clusters or len(self.state["classes"]),
         )
         picked = np.asarray(
             select(
