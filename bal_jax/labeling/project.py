@@ -1,4 +1,4 @@
-"""`LabelingProject`: BAL on a folder of your own images, one round of labels at a time.
+"""`LabelingProject`: active learning on a folder of your own images, one round at a time.
 
     project = LabelingProject.create("runs/photos", images="/data/photos",
                                      config=ProjectConfig(classes=("cat", "dog"), per_round=200,
@@ -6,12 +6,15 @@
     rnd = project.next_round()          # writes rounds/00/to_label.csv and tasks.json
     project.import_labels("rounds/00/to_label_done.csv")
     rnd = project.next_round()          # trains on the labels so far, picks round 1
-    project.export("model/")            # latest classifier (orbax)
+    project.export("model/")            # latest classifier (linear head or VGG16)
 
-Every method re-reads the project folder, so each can be killed and re-run; see the package
-docstring for the folder's layout. Random draws are derived from the seed exactly as in
-`bal_jax.active_loop.run_cycles` (pretext, K-means, main model, per-cycle keys), so given the
-same pool, seed and labels a project picks the images the runner's BAL cycle picks.
+The features, selection method and classifier are the project's settings (`ProjectConfig`:
+by default patch features, `bal_switch` and a linear head; the paper's setting is rotation
+features, `bal` and VGG16). Every method re-reads the project folder, so each can be killed
+and re-run; see the package docstring for the folder's layout. Random draws are derived from
+the seed exactly as in `bal_jax.active_loop.run_cycles` (pretext, K-means, main model,
+`selection_key`), so given the same pool, seed, labels, features and method a project picks
+the images the runner's cycle picks.
 """
 
 from __future__ import annotations
@@ -181,10 +184,6 @@ class LabelingProject(ProjectStore):
         while os.path.exists(path := self._path("rounds", f"{len(out):02d}", "round.json")):
             out.append(read_json(path))
         return out
-
-    def _cycle_key(self, cycle: int) -> jax.Array:
-        # The runner's per-cycle key of method "bal" (bal_jax.active_loop.run_cycles).
-        return jax.random.fold_in(named_key(self.key, "bal"), cycle)
 
     def _labels_digest(self, idx, y) -> str:
         return hashlib.sha256(
