@@ -54,7 +54,7 @@ CLASSIFIERS = ("linear", "vgg")
 # The defaults are the measured best at low budgets on CIFAR-10 (see README, Labeling):
 # bal_switch on patch features (= TypiClust below 10 % labeled: +2.7 +- 1.5 points over
 # random, experiments/reports/cifar10_cpu_patches.md) and a linear head on the features
-# (experiments/reports/classifiers.md). The paper's setting: features='rotation',
+# (`python -m experiments.classifiers`; README, Labeling). The paper's setting: features='rotation',
 # method='bal', classifier='vgg'.
 DEFAULT_FEATURES, DEFAULT_METHOD, DEFAULT_CLASSIFIER = "patches", "bal_switch", "linear"
 PAPER_SETTING = {"features": "rotation", "method": "bal", "classifier": "vgg"}
@@ -178,8 +178,8 @@ def setting_line(config: ProjectConfig) -> str:
     if chosen == defaults:
         return (
             f"{head}: the defaults, the best measured at low budgets (README 'Label your own "
-            "images'; experiments/reports/cifar10_cpu_patches.md, experiments/reports/"
-            "classifiers.md); the paper's setting is --features=rotation --method=bal "
+            "images'; experiments/reports/cifar10_cpu_patches.md, python -m "
+            "experiments.classifiers); the paper's setting is --features=rotation --method=bal "
             "--classifier=vgg"
         )
     if chosen == paper:

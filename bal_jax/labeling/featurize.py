@@ -39,7 +39,7 @@ _PRETEXT = "pretext"
 def _patch_pair(t, images):
     """Whitened features (selection) and the head's: the standardised features of each image
     and of its mirror image, stacked (N, 2, 4K) (flip augmentation and flip averaging:
-    +3 points at 300 and 1,000 CIFAR-10 labels, experiments/reports/classifiers.md)."""
+    +3 points at 300 and 1,000 CIFAR-10 labels, `python -m experiments.classifiers`)."""
     return patch_features.patch_features(t, images), _head_pair(t, images)
 
 
