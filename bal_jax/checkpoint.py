@@ -115,6 +115,17 @@ class ModelStore:
         os.makedirs(self._dir, exist_ok=True)
         self._ckptr = ocp.StandardCheckpointer()
 
+    def close(self) -> None:
+        """Ends the checkpointer's background threads (before `jax.distributed` shuts down: an
+        orbax checkpointer finalised after it aborts the process)."""
+        self._ckptr.close()
+
+    def __enter__(self) -> ModelStore:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     def _paths(self, digest: str) -> tuple[str, str]:
         base = os.path.join(self._dir, digest)
         return os.path.join(base, "state"), os.path.join(base, "meta.json")

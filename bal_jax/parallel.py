@@ -206,6 +206,17 @@ def maybe_initialize_distributed(
     return True
 
 
+def shutdown_distributed() -> None:
+    """Ends a `jax.distributed` run (a no-op otherwise) while the interpreter is whole.
+
+    Every process calls it at the end: JAX's own exit hook runs during interpreter shutdown,
+    where a still-live checkpointer thread or a peer's late barrier aborts the process with a C++
+    fatal error after its results were written.
+    """
+    if jax.distributed.is_initialized():
+        jax.distributed.shutdown()
+
+
 def _exit_with(message: str) -> None:
     sys.stderr.write(message + "\n")
     sys.stderr.flush()

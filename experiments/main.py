@@ -258,7 +258,9 @@ def main(argv):
         )
     except (ConfigError, parallel.DistributedError) as e:
         sys.exit(f"error: {e}")
-    if parallel.is_primary():
+    primary = parallel.is_primary()
+    parallel.shutdown_distributed()  # only after success: a failed peer would never reach it
+    if primary:
         with open(f"{workdir}/summary.md") as f:
             print(f.read())
         print(f"Results in {workdir}/ (results.jsonl, summary.md, curves.png, selections.png)")

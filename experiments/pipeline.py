@@ -551,6 +551,7 @@ def run_experiment(
                     meta["resumed"] = True
             all_records.sort(key=lambda r: (r["seed"], c.methods.index(r["method"]), r["cycle"]))
             publish()
+        store.close()  # before jax.distributed ends: a live orbax thread then aborts the process
     meta["wall_s"] = round(time.perf_counter() - t_start, 1)
     if is_primary():
         report.atomic_write(os.path.join(workdir, "meta.json"), json.dumps(meta, indent=2) + "\n")

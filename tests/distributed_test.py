@@ -79,7 +79,8 @@ def _launch(num_processes, devices, workdir, env):
         text=True,
         timeout=TIMEOUT_S,
     )
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    # stderr's head too: a fatal error prints its message and stacks before the module list.
+    assert proc.returncode == 0, proc.stdout[-1500:] + proc.stderr[:3000] + proc.stderr[-1500:]
     return proc, time.perf_counter() - t0
 
 
