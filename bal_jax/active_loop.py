@@ -15,10 +15,7 @@ run reproduces an uninterrupted one.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
-import zlib
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -26,13 +23,11 @@ import jax
 import numpy as np
 from flax import nnx
 
-from bal_jax import parallel, patch_features, train
+from bal_jax import patch_features, train
 from bal_jax.checkpoint import ModelStore, RunCheckpointer
+from bal_jax.keys import cycle_key, named_key, selection_key
+from bal_jax.learners import HeadFeatures, LinearLearner, VGGLearner
 from bal_jax.methods import (
-    HOT_START,
-    NEEDS_FEATURES,
-    NEEDS_MC_DROPOUT,
-    NEEDS_PROBS,
     BALOptions,
     PoolPredictions,
     SelectionContext,
@@ -52,9 +47,6 @@ FEATURE_VIEWS = ("upright", "random_rotation")
 # with a horizontal flip, the crop alone (digits must not be mirrored), or none.
 AUGMENTATIONS = ("crop_flip", "crop", "none")
 
-# Dropout rate of the classifier for the MC-dropout (DBAL) baseline only.
-DBAL_DROPOUT = 0.5
-DBAL_SAMPLES = 10
 # A trained model that puts more than this share of the validation images into one class has
 # collapsed (a constant predictor scores chance): a failure to report, not a result.
 COLLAPSE_SHARE = 0.8
@@ -92,18 +84,6 @@ class TrainSettings(NamedTuple):
     steps_per_dispatch: int = 1
 
 
-def _settings_key(settings: TrainSettings) -> tuple:
-    # The fields that decide a training's result, for model digests. `dtype` and
-    # `steps_per_dispatch` are left out at their defaults so that digests of runs made before
-    # they existed stay valid.
-    fields = settings._asdict()
-    if settings.dtype == "float32":
-        del fields["dtype"]
-    if settings.steps_per_dispatch == 1:
-        del fields["steps_per_dispatch"]
-    return tuple(fields.values())
-
-
 class PretextOutputs(NamedTuple):
     features_ND: np.ndarray
     losses_N: np.ndarray  # rotation losses (PT4AL); NaN for pretexts without them
@@ -114,11 +94,6 @@ class PretextOutputs(NamedTuple):
 # Pretext tasks of `pretext_outputs`: the paper's rotation prediction (SPEC Step 1), SimCLR
 # instance discrimination and k-means patch features without a network (issue 11).
 PRETEXTS = ("rotation", "simclr", "patches")
-
-
-def named_key(key: jax.Array, name: str) -> jax.Array:
-    """A key for a named purpose, stable across processes (no Python hash randomisation)."""
-    return jax.random.fold_in(key, zlib.crc32(name.encode()) & 0x7FFFFFFF)
 
 
 def augment_kwargs(mode: str) -> dict[str, Any]:
@@ -158,32 +133,6 @@ def collapse_share(logits_NC: np.ndarray) -> float:
     """Share of the images predicted as the most frequent predicted class (1.0 = constant)."""
     pred = np.argmax(np.asarray(logits_NC), axis=-1)
     return float(np.bincount(pred).max() / max(pred.size, 1))
-
-
-def main_train_key(key: jax.Array, cycle: int) -> jax.Array:
-    """The main model's training key in cycle `cycle`: a function of the seed's key and the
-    cycle only, so every method (and the labeling tool) trains identical models on identical
-    labeled sets."""
-    return jax.random.fold_in(named_key(key, "main_train"), cycle)
-
-
-def cycle_key(key: jax.Array, method: str, cycle: int) -> jax.Array:
-    """The per-cycle key of `method` (its prediction and selection keys derive from it).
-
-    ``bal_switch``'s typical cycles are TypiClust's own picks (the same keys), so the two
-    share their trained models and differ only from the switch on.
-    """
-    return jax.random.fold_in(
-        named_key(key, "typiclust" if method == "bal_switch" else method), cycle
-    )
-
-
-def selection_key(key: jax.Array, method: str, cycle: int) -> jax.Array:
-    """The key `select` gets in cycle `cycle`: cold-start methods (not HOT_START) share one
-    random first set per seed; the runner and the labeling tool both draw it here."""
-    if cycle == 0 and method not in HOT_START:
-        return named_key(key, "initial_set")
-    return named_key(cycle_key(key, method, cycle), "select")
 
 
 def fit_kwargs(settings: TrainSettings, mean, std, mesh) -> dict[str, Any]:
@@ -311,41 +260,6 @@ def _patch_outputs(key, images, probe_images) -> PretextOutputs:
     )
 
 
-def _predict_pool(
-    method, model, key, images, settings: TrainSettings, mean, std, mesh
-) -> PoolPredictions:
-    if method in NEEDS_MC_DROPOUT:
-        mc = train.predict_mc_dropout(
-            key,
-            model,
-            images,
-            num_samples=DBAL_SAMPLES,
-            batch_size=settings.eval_batch_size,
-            mean=mean,
-            std=std,
-            mesh=mesh,
-            dtype=settings.dtype,
-        )
-        return PoolPredictions(mc_probs_TNC=np.asarray(mc))
-    if method not in NEEDS_PROBS | NEEDS_FEATURES and method != "bal":
-        return PoolPredictions()
-    out = train.predict(
-        model,
-        images,
-        batch_size=settings.eval_batch_size,
-        mean=mean,
-        std=std,
-        mesh=mesh,
-        tta_flip=settings.recipe.tta_flip,
-        dtype=settings.dtype,
-    )
-    logits = np.asarray(out.logits_NC, np.float32)
-    probs = np.asarray(jax.nn.softmax(logits, axis=-1))
-    return PoolPredictions(
-        probs_NC=probs, logits_NC=logits, features_ND=np.asarray(out.features_ND)
-    )
-
-
 def run_cycles(
     key: jax.Array,
     *,
@@ -366,8 +280,12 @@ def run_cycles(
     stop_after: int | None = None,
     mesh=None,
     log: Callable[[str], None] = print,
+    head_features: HeadFeatures | None = None,
 ) -> list[dict]:
     """Runs the cycles of one method for one seed (SPEC Steps 3-6).
+
+    Each cycle: the classifier of the previous cycle predicts the pool, `select` picks the
+    cycle's images, the classifier is fitted on every label so far and scored.
 
     Args:
       key: the seed's key. Cold-start methods share the cycle-0 random set drawn from it;
@@ -393,6 +311,9 @@ def run_cycles(
         all `len(counts)` cycles.
       mesh: device mesh for data parallelism (None = all devices).
       log: one line per phase.
+      head_features: classify with a linear head on these fixed features
+        (`bal_jax.learners.LinearLearner`, `--classifier=linear`) instead of training the
+        VGG16 (`model`, `settings`, `warm_start` and `model_store` then do not apply).
 
     Returns:
       One record per cycle: labeled count and fraction, accuracies, selected pool indices,
@@ -404,6 +325,94 @@ def run_cycles(
     """
     pool_size = pool.images.shape[0]
     num_cycles = len(counts)
+    _check_budget(method, counts, pool_size, context)
+    if head_features is not None:
+        learner = LinearLearner(
+            key, head_features, pool_labels=pool.labels, num_classes=model.num_classes
+        )
+    else:
+        learner = VGGLearner(
+            key,
+            method=method,
+            pool=pool,
+            splits={"evaluation": evaluation, "validation": validation},
+            model=model,
+            settings=settings,
+            mean=mean,
+            std=std,
+            warm_start=warm_start,
+            model_store=model_store,
+            mesh=mesh,
+            fit_kwargs=fit_kwargs(settings, mean, std, mesh),
+        )
+    label_cycle = np.full(pool_size, -1, np.int32)
+    records: list[dict] = []
+    start = 0
+    if checkpointer is not None:
+        restored = checkpointer.restore(learner.state())
+        if restored is not None:
+            learner.load_state(restored.state)
+            label_cycle = restored.label_cycle.astype(np.int32)
+            records = list(restored.meta["records"])
+            start = restored.step
+            learner.digest = records[-1].get("model_digest") if records else None
+            log(f"[{method}] resumed after cycle {start} of {num_cycles}")
+
+    for cycle in range(start, num_cycles if stop_after is None else stop_after):
+        times: dict[str, float] = {}
+        labeled_mask = label_cycle >= 0
+        t0 = time.perf_counter()
+        preds = PoolPredictions()
+        if cycle > 0:
+            preds = learner.predictions(method, named_key(cycle_key(key, method, cycle), "predict"))
+        times["predict"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        k = int(counts[cycle])
+        picked = np.asarray(
+            select(
+                method,
+                selection_key(key, method, cycle),
+                cycle=cycle,
+                num_cycles=num_cycles,
+                k=k,
+                labeled_mask=labeled_mask,
+                context=context,
+                preds=preds,
+            ),
+            np.int64,
+        )
+        times["selection"] = time.perf_counter() - t0
+        _check_selection(picked, labeled_mask, k, method, cycle)
+        label_cycle[picked] = cycle
+        labeled = np.flatnonzero(label_cycle >= 0)
+        t0 = time.perf_counter()
+        fitted = learner.fit(cycle, labeled)
+        times["training"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        record = _score(learner, evaluation, validation)
+        times["evaluation"] = time.perf_counter() - t0
+        record = {
+            "method": method,
+            "cycle": cycle,
+            "num_labeled": int(labeled.size),
+            "fraction": labeled.size / pool_size,
+            **record,
+            "selected": picked.tolist(),
+            **fitted,
+            "seconds": {k: round(v, 3) for k, v in times.items()},
+        }
+        records.append(record)
+        if checkpointer is not None:
+            checkpointer.save(
+                cycle + 1, state=learner.state(), label_cycle=label_cycle, meta={"records": records}
+            )
+        _log_cycle(log, record, num_cycles, times, pool_size, validation is not None)
+        if on_cycle is not None:
+            on_cycle(record)
+    return records
+
+
+def _check_budget(method, counts, pool_size, context) -> None:
     if sum(counts) > pool_size:
         raise ValueError(f"the budget ({sum(counts)} images) exceeds the pool ({pool_size})")
     if needs_beta(
@@ -416,190 +425,35 @@ def run_cycles(
         lowest = bal_min_beta(counts, pool_size=pool_size, options=context.bal_options)
         if context.beta is None or context.beta < lowest:
             raise ValueError(f"beta={context.beta} is below its minimum {lowest:.4g} ((k-1)*C/N)")
-    spec_dropout = DBAL_DROPOUT if method in NEEDS_MC_DROPOUT else 0.0
-    init_key = named_key(key, "main_init")
-    ndev = mesh.devices.size if mesh is not None else jax.device_count()
-    root_digest = lineage_root(
-        init_key, (tuple(model), spec_dropout, warm_start), settings, mean, std, ndev
+
+
+def _score(learner, evaluation: Split, validation: Split | None) -> dict:
+    """Test accuracy, validation accuracy and the collapse check of the cycle's model."""
+    logits = learner.logits("evaluation")
+    out = {"accuracy": float(np.mean(np.argmax(logits, -1) == np.asarray(evaluation.labels)))}
+    if validation is not None:
+        logits = learner.logits("validation")
+        out["val_accuracy"] = float(np.mean(np.argmax(logits, -1) == np.asarray(validation.labels)))
+    out["majority_share"] = collapse_share(logits)
+    out["collapsed"] = out["majority_share"] > COLLAPSE_SHARE
+    return out
+
+
+def _log_cycle(log, record: dict, num_cycles: int, times: dict, pool_size: int, has_val: bool):
+    method, n = record["method"], record["num_labeled"]
+    trained = "shared model" if record["shared_model"] else f"train {times['training']:.1f}s"
+    log(
+        f"[{method}] cycle {record['cycle'] + 1}/{num_cycles}: {n} labeled "
+        f"({100 * n / pool_size:.1f}%), accuracy {100 * record['accuracy']:.2f}% "
+        f"({trained}, select {times['selection']:.2f}s)"
     )
-
-    def fresh_model(cycle: int) -> VGG16:
-        k = init_key if warm_start else jax.random.fold_in(init_key, cycle)
-        net = VGG16(
-            model.num_classes,
-            in_channels=model.in_channels,
-            width=model.width,
-            dropout=spec_dropout,
-            rngs=nnx.Rngs(k),
-        )
-        if mesh is not None:
-            # Replicated on the mesh from the start: checkpoints of several processes save and
-            # restore global arrays.
-            nnx.update(net, parallel.replicate(nnx.state(net), mesh))
-        return net
-
-    net = fresh_model(0)
-    label_cycle = np.full(pool_size, -1, np.int32)
-    records: list[dict] = []
-    start = 0
-    digest = None
-    if checkpointer is not None:
-        restored = checkpointer.restore(nnx.state(net))
-        if restored is not None:
-            nnx.update(net, restored.state)
-            label_cycle = restored.label_cycle.astype(np.int32)
-            records = list(restored.meta["records"])
-            start = restored.step
-            digest = records[-1].get("model_digest") if records else None
-            log(f"[{method}] resumed after cycle {start} of {num_cycles}")
-
-    for cycle in range(start, num_cycles if stop_after is None else stop_after):
-        times: dict[str, float] = {}
-        labeled_mask = label_cycle >= 0
-        t0 = time.perf_counter()
-        preds = PoolPredictions()
-        if cycle > 0:
-            predict_key = named_key(cycle_key(key, method, cycle), "predict")
-            preds = _predict_pool(method, net, predict_key, pool.images, settings, mean, std, mesh)
-        times["predict"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        picked = np.asarray(
-            select(
-                method,
-                selection_key(key, method, cycle),
-                cycle=cycle,
-                num_cycles=num_cycles,
-                k=int(counts[cycle]),
-                labeled_mask=labeled_mask,
-                context=context,
-                preds=preds,
-            ),
-            np.int64,
-        )
-        times["selection"] = time.perf_counter() - t0
-        _check_selection(picked, labeled_mask, int(counts[cycle]), method, cycle)
-        label_cycle[picked] = cycle
-        labeled = np.flatnonzero(label_cycle >= 0)
-
-        t0 = time.perf_counter()
-        if not warm_start and cycle > 0:
-            net = fresh_model(cycle)
-        parent = digest if (warm_start and digest is not None) else _digest(root_digest, cycle)
-        digest = _digest(
-            parent,
-            cycle,
-            labeled,
-            np.ascontiguousarray(pool.images[labeled]),
-            np.asarray(pool.labels[labeled], np.int64),
-        )
-        stored = None if model_store is None else model_store.load(digest, nnx.state(net))
-        if stored is not None:
-            nnx.update(net, stored[0])
-            train_loss = stored[1].get("train_loss")
-        else:
-            history = train.fit(
-                main_train_key(key, cycle),
-                net,
-                pool.images[labeled],
-                pool.labels[labeled],
-                **fit_kwargs(settings, mean, std, mesh),
-                recipe=settings.recipe,
-            )
-            train_loss = _last_loss(history)
-            if model_store is not None:
-                model_store.save(digest, nnx.state(net), meta={"train_loss": train_loss})
-        times["training"] = time.perf_counter() - t0
-
-        t0 = time.perf_counter()
-        ev = dict(
-            batch_size=settings.eval_batch_size,
-            mean=mean,
-            std=std,
-            mesh=mesh,
-            tta_flip=settings.recipe.tta_flip,
-            dtype=settings.dtype,
-        )
-        logits = train.predict(net, evaluation.images, **ev).logits_NC
-        acc = float(np.mean(np.argmax(logits, -1) == np.asarray(evaluation.labels)))
-        record = {
-            "method": method,
-            "cycle": cycle,
-            "num_labeled": int(labeled.size),
-            "fraction": labeled.size / pool_size,
-            "accuracy": acc,
-            "selected": picked.tolist(),
-            "train_loss": train_loss,
-            "model_digest": digest,
-            "shared_model": stored is not None,
-        }
-        if validation is not None:
-            val_logits = train.predict(net, validation.images, **ev).logits_NC
-            record["val_accuracy"] = float(
-                np.mean(np.argmax(val_logits, -1) == np.asarray(validation.labels))
-            )
-            logits = val_logits
-        record["majority_share"] = collapse_share(logits)
-        record["collapsed"] = record["majority_share"] > COLLAPSE_SHARE
-        times["evaluation"] = time.perf_counter() - t0
-        record["seconds"] = {k: round(v, 3) for k, v in times.items()}
-        records.append(record)
-        if checkpointer is not None:
-            checkpointer.save(
-                cycle + 1, state=nnx.state(net), label_cycle=label_cycle, meta={"records": records}
-            )
-        trained = "shared model" if stored is not None else f"train {times['training']:.1f}s"
+    if record["collapsed"]:
         log(
-            f"[{method}] cycle {cycle + 1}/{num_cycles}: {labeled.size} labeled "
-            f"({100 * labeled.size / pool_size:.1f}%), accuracy {100 * acc:.2f}% "
-            f"({trained}, select {times['selection']:.2f}s)"
+            f"[{method}] cycle {record['cycle'] + 1}: COLLAPSED: the model predicts one class for "
+            f"{100 * record['majority_share']:.0f}% of the "
+            f"{'validation' if has_val else 'evaluation'} images; its "
+            "accuracy is reported as a failure, not a result"
         )
-        if record["collapsed"]:
-            log(
-                f"[{method}] cycle {cycle + 1}: COLLAPSED: the model predicts one class for "
-                f"{100 * record['majority_share']:.0f}% of the "
-                f"{'validation' if validation is not None else 'evaluation'} images; its "
-                "accuracy is reported as a failure, not a result"
-            )
-        if on_cycle is not None:
-            on_cycle(record)
-    return records
-
-
-def lineage_root(init_key, model_key: tuple, settings: TrainSettings, mean, std, ndev: int):
-    """The digest every model of one (seed, method) chain descends from (`ModelStore` keys).
-
-    It hashes the initial weights' key, the network, the training settings, the input
-    normalisation and, when data parallel, the device count: data parallelism changes the
-    float summation order and so the trained weights, so models trained on other device
-    counts are not the same model (1 device keeps the digests of older runs).
-    """
-    return _digest(
-        "init",
-        jax.random.key_data(init_key),
-        repr((*model_key, _settings_key(settings), tuple(mean), tuple(std))),
-        *([] if ndev == 1 else [f"devices={ndev}"]),
-    )
-
-
-def _digest(*parts) -> str:
-    """SHA-256 over arrays (their dtype, shape and bytes) and other values (their repr)."""
-    h = hashlib.sha256()
-    for p in parts:
-        if isinstance(p, np.ndarray | jax.Array):
-            a = np.asarray(p)
-            h.update(json.dumps([str(a.dtype), a.shape]).encode())
-            h.update(np.ascontiguousarray(a).tobytes())
-        else:
-            h.update(repr(p).encode())
-        h.update(b"|")
-    return h.hexdigest()[:24]
-
-
-def _last_loss(history) -> float | None:
-    losses = history.get("loss") if isinstance(history, dict) else None
-    if losses is None or len(losses) == 0:
-        return None
-    return float(np.asarray(losses)[-1])
 
 
 def _check_selection(picked: np.ndarray, labeled_mask: np.ndarray, k: int, method: str, cycle: int):
@@ -637,6 +491,7 @@ def search_beta(
     mesh=None,
     log: Callable[[str], None] = print,
     method: str = "bal",
+    head_features: HeadFeatures | None = None,
 ) -> BetaSearch:
     """Paper Eq. 9: beta* = argmax_beta validation accuracy after the early cycles.
 
@@ -649,6 +504,8 @@ def search_beta(
         label the same images train once.
       done: scores already measured (resuming a search); `on_score` is called per new one.
       method: the method whose sub-pools beta shapes ('bal' or its variant 'bal_typical').
+      head_features: the linear head's features (see `run_cycles`); candidates are scored
+        on `head_features.validation`.
     """
     pool_size = pool.images.shape[0]
     lowest = bal_min_beta(counts, pool_size=pool_size, options=context.bal_options)
@@ -678,6 +535,9 @@ def search_beta(
             mesh=mesh,
             log=lambda s: None,
             stop_after=search_cycles,
+            head_features=None
+            if head_features is None
+            else head_features._replace(evaluation=head_features.validation),
         )
         scores[beta] = records[-1]["accuracy"]
         log(f"[beta search] beta={beta:g}: validation accuracy {100 * scores[beta]:.2f}%")
@@ -700,8 +560,6 @@ __all__ = [
     "TrainSettings",
     "augment_kwargs",
     "fit_kwargs",
-    "main_train_key",
-    "named_key",
     "pretext_outputs",
     "rotate_each",
     "run_cycles",

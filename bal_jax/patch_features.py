@@ -37,6 +37,7 @@ from bal_jax.kmeans import kmeans
 __all__ = [
     "PatchTransform",
     "fit_patch_features",
+    "head_views",
     "patch_features",
     "transform_arrays",
     "transform_from_arrays",
@@ -198,6 +199,14 @@ def patch_features(t: PatchTransform, images: np.ndarray, *, whiten: bool = True
         )
     z = (_raw_features(images, t) - t.feat_mean_F) / t.feat_std_F
     return (z @ t.pca_FD if whiten else z).astype(np.float32)
+
+
+def head_views(t: PatchTransform, images: np.ndarray) -> np.ndarray:
+    """(N, 2, 4K) standardised features of each image and of its mirror image: what the linear
+    head fits on (flip augmentation) and predicts from (flip averaging), `bal_jax.learners`."""
+    upright = patch_features(t, images, whiten=False)
+    mirror = patch_features(t, np.ascontiguousarray(np.asarray(images)[:, :, ::-1]), whiten=False)
+    return np.stack([upright, mirror], axis=1)
 
 
 def transform_arrays(t: PatchTransform) -> dict[str, np.ndarray]:

@@ -25,7 +25,7 @@ import numpy as np
 from absl import app, flags
 
 from bal_jax import heads, patch_features
-from bal_jax.active_loop import named_key
+from bal_jax.keys import named_key
 from experiments.config import PRESETS
 from experiments.pipeline import load_data
 
@@ -152,8 +152,9 @@ def main(argv):
             f"{', '.join(f'{g:g}' for g in heads.L2_GRID)}); no test image chooses anything.",
             table(rows, sizes),
             "Test accuracy %, mean ± std over seeds; seconds per fit include the "
-            "cross-validation (7 L2 values x 3 folds, vmapped) and the final fit, on the shared "
-            "2-core CPU (the first fit of each shape includes XLA compilation).",
+            f"cross-validation ({len(heads.L2_GRID)} L2 values x 3 folds, vmapped) and the "
+            "final fit, on the shared 2-core CPU (the first fit of each shape includes XLA "
+            "compilation).",
             paired(rows, sizes, "linear_flip", "linear") + ".",
             paired(rows, sizes, "linear", "linear_whitened") + ".",
             "VGG16 from scratch, `small_data` recipe, width 1/8 (experiments/reports/noise.md, "

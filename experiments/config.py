@@ -103,6 +103,11 @@ class Config:
     # --method=bal_switch: TypiClust picks while fewer than this fraction of the pool is
     # labeled, the paper's BAL after (bal_jax.methods.switch_cycle).
     switch_fraction: float = 0.1
+    # The classifier of every cycle (issue 23): 'vgg' (the paper's VGG16 trained on the
+    # labeled images, SPEC Step 6) or 'linear' (bal_jax.learners.LinearLearner: a linear head
+    # on the patch features, upright + mirror, L2 by cross-validation on the labels; needs
+    # --pretext=patches). Its probabilities drive every uncertainty method.
+    classifier: str = "vgg"
 
     @property
     def schedule(self) -> tuple[float, ...]:
@@ -128,6 +133,7 @@ class Config:
             ("dtype", "float32"),
             ("steps_per_dispatch", 1),
             ("switch_fraction", 0.1),
+            ("classifier", "vgg"),
         ):
             if d[name] == default:
                 d.pop(name)

@@ -101,6 +101,12 @@ flags.DEFINE_enum(
     "Pretext features to cluster: final (the paper's) or a pooled intermediate block.",
 )
 flags.DEFINE_float("simclr_lr", None, "Adam learning rate of the simclr pretext.")
+flags.DEFINE_enum(
+    "classifier",
+    None,
+    ["vgg", "linear"],
+    "Classifier of every cycle: vgg (the paper's) or linear (a head on the patch features).",
+)
 flags.DEFINE_float(
     "switch_fraction",
     None,
@@ -181,6 +187,7 @@ _OVERRIDES = {
     "pretext": ("pretext", str),
     "feature_layer": ("feature_layer", str),
     "simclr_lr": ("simclr_lr", float),
+    "classifier": ("classifier", str),
     "switch_fraction": ("switch_fraction", float),
     "dtype": ("dtype", str),
     "steps_per_dispatch": ("steps_per_dispatch", int),

@@ -28,7 +28,8 @@ from absl import app, flags, logging
 from flax import nnx
 
 from bal_jax import train
-from bal_jax.active_loop import COLLAPSE_SHARE, collapse_share, named_key
+from bal_jax.active_loop import COLLAPSE_SHARE, collapse_share
+from bal_jax.keys import named_key
 from bal_jax.models import VGG16
 from experiments import config as config_lib
 from experiments import report

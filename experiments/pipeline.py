@@ -43,12 +43,12 @@ import numpy as np
 from absl import logging
 
 from bal_jax import data as data_lib
+from bal_jax import heads, patch_features
 from bal_jax.active_loop import (
     PRETEXT_CODE_VERSION,
     ModelSpec,
     Split,
     TrainSettings,
-    named_key,
     pretext_outputs,
     run_cycles,
     search_beta,
@@ -56,6 +56,8 @@ from bal_jax.active_loop import (
 from bal_jax.atomic import atomic_path
 from bal_jax.checkpoint import ModelStore, RunCheckpointer
 from bal_jax.diagnostics import knn_accuracy
+from bal_jax.keys import named_key
+from bal_jax.learners import HeadFeatures
 from bal_jax.methods import (
     NEEDS_BETA,
     NEEDS_PRETEXT,
@@ -328,8 +330,37 @@ def _seed_context(
     return context, info
 
 
+def _head_features(c: Config, d: Data, seed: int, pretext_dir: str, log) -> HeadFeatures:
+    """`--classifier=linear`'s features (cached beside the pretext features): the patch
+    transform of the seed's pretext (the same key, so the same transform) on the pool,
+    validation and test images; with `--augment=crop_flip` of each image and its mirror
+    (`patch_features.head_views`), else upright only (a mirrored digit is another glyph)."""
+    pretext_seed = seed if c.pretext_seed is None else c.pretext_seed
+    flip = c.augment == "crop_flip"
+    name = f"seed{pretext_seed}_head{'_flip' if flip else ''}.npz"
+    path = os.path.join(pretext_cache_dir(c, pretext_dir), name)
+    if os.path.exists(path):
+        z = np.load(path)
+        return HeadFeatures(z["pool"], z["test"], z["val"])
+    t0 = time.perf_counter()
+    key = named_key(named_key(jax.random.key(pretext_seed), "pretext"), "patches")
+    t = patch_features.fit_patch_features(key, d.pool.images)
+
+    def views(images):
+        if flip:
+            return patch_features.head_views(t, images)
+        return patch_features.patch_features(t, images, whiten=False)
+
+    out = HeadFeatures(views(d.pool.images), views(d.test.images), views(d.val.images))
+    if is_primary():
+        _save_npz(path, pool=out.pool, test=out.evaluation, val=out.validation)
+    barrier("head features saved")
+    log(f"linear head features {time.perf_counter() - t0:.1f}s ({out.pool.shape[-1]} dimensions)")
+    return out
+
+
 def _search_beta(
-    c, d, plan, key, context, seed_dir, store, mesh, log, method="bal"
+    c, d, plan, key, context, seed_dir, store, mesh, log, method="bal", head_features=None
 ) -> tuple[float, dict]:
     path = os.path.join(seed_dir, "beta.json" if method == "bal" else f"beta_{method}.json")
     state = {"scores": {}}
@@ -365,6 +396,7 @@ def _search_beta(
         mesh=mesh,
         log=log,
         method=method,
+        head_features=head_features,
     )
     state.update(beta=result.beta, seconds=round(result.seconds + state.get("seconds", 0.0), 2))
     if is_primary():
@@ -476,9 +508,12 @@ def run_experiment(
             if needs_pretext
             else (SelectionContext(), {})
         )
+        head = _head_features(c, d, seed, pretext_dir, log) if c.classifier == "linear" else None
         beta_state = None
         if "bal" in c.methods and c.beta is None and c.subpools == "adaptive":
-            beta, beta_state = _search_beta(c, d, plan, key, context, seed_dir, store, mesh, log)
+            beta, beta_state = _search_beta(
+                c, d, plan, key, context, seed_dir, store, mesh, log, head_features=head
+            )
             context = context._replace(beta=beta)
         # Each variant gets its own Eq. 9 search (its picks differ from BAL's).
         variant_beta = {}
@@ -498,7 +533,7 @@ def run_experiment(
                 variant_beta[variant] = None
                 continue
             variant_beta[variant], variant_state = _search_beta(
-                c, d, plan, key, context, seed_dir, store, mesh, log, method=variant
+                c, d, plan, key, context, seed_dir, store, mesh, log, variant, head
             )
             info[f"{variant}_beta"] = variant_beta[variant]
             info[f"{variant}_beta_search_s"] = variant_state.get("seconds")
@@ -541,6 +576,7 @@ def run_experiment(
                 mesh=mesh,
                 log=log,
                 on_cycle=lambda r, finish=finish: (all_records.append(finish(r)), publish()),
+                head_features=head,
             )
             ckpt.close()
             # Cycles restored from a checkpoint were not passed to on_cycle in this process.
@@ -557,6 +593,22 @@ def run_experiment(
         report.atomic_write(os.path.join(workdir, "meta.json"), json.dumps(meta, indent=2) + "\n")
         write_reports(c, d, plan, all_records, meta, workdir)
     return all_records
+
+
+def _model_line(c: Config) -> str:
+    if c.classifier == "linear":
+        return (
+            f"Preset `{c.preset}`; classifier `linear` (bal_jax.learners.LinearLearner): "
+            "logistic regression on the standardised patch features"
+            + (" of each image and its mirror" if c.augment == "crop_flip" else "")
+            + ", refitted every cycle, its L2 chosen by 3-fold cross-validation on the "
+            f"labeled set only (grid {', '.join(f'{g:g}' for g in heads.L2_GRID)})."
+        )
+    return (
+        f"Preset `{c.preset}`; VGG16 width {c.width}; pretext {c.pretext_epochs} epochs, main "
+        f"{c.epochs} epochs per cycle ({'warm start' if c.use_warm_start else 'from scratch'}), "
+        f"recipe `{c.recipe}` {_recipe_text(c)}."
+    )
 
 
 def _recipe_text(c: Config) -> str:
@@ -594,9 +646,7 @@ def write_reports(
         f"Pool {d.pool.images.shape[0]} images, validation {d.val.images.shape[0]} "
         f"(beta search only), test {d.test.images.shape[0]} (reported only). "
         "Reported model: last epoch of each cycle.",
-        f"Preset `{c.preset}`; VGG16 width {c.width}; pretext {c.pretext_epochs} epochs, main "
-        f"{c.epochs} epochs per cycle ({'warm start' if c.use_warm_start else 'from scratch'}), "
-        f"recipe `{c.recipe}` {_recipe_text(c)}.",
+        _model_line(c),
         budget_line(c, plan, d.pool.images.shape[0]),
         f"Augmentation: {c.augment}. Beta search: {plan.search_cycles} cycles per candidate "
         f"({100 * c.schedule[plan.search_cycles - 1]:g}% labeled; paper Eq. 9: about "

@@ -15,11 +15,13 @@ from typing import NamedTuple
 
 from bal_jax.active_loop import AUGMENTATIONS, FEATURE_VIEWS, PRETEXTS
 from bal_jax.budgets import BUDGETS, cycle_counts, search_cycles, validate_fractions
+from bal_jax.learners import CLASSIFIERS
 from bal_jax.methods import (
     BAL_SAMPLERS,
     INDICATORS,
     METHODS,
     NEEDS_BETA,
+    NEEDS_MC_DROPOUT,
     BALOptions,
     bal_min_beta,
 )
@@ -115,6 +117,16 @@ def check_config(c: Config) -> None:
         need(
             c.indicator != "pretext_loss",
             f"--indicator=pretext_loss needs rotation losses, not --pretext={c.pretext}",
+        )
+    need(c.classifier in CLASSIFIERS, f"--classifier must be one of {', '.join(CLASSIFIERS)}")
+    if c.classifier == "linear":
+        need(
+            c.pretext == "patches",
+            "--classifier=linear fits on the patch features: add --pretext=patches",
+        )
+        need(
+            not any(m in NEEDS_MC_DROPOUT for m in c.methods),
+            "--classifier=linear has no dropout to sample: drop dbal from --method",
         )
     need(c.bal_sampler in BAL_SAMPLERS, f"--bal_sampler must be one of {BAL_SAMPLERS}")
     need(c.cdd_order in ("ascending", "descending"), "--cdd_order must be ascending or descending")

@@ -10,11 +10,11 @@ from bal_jax.active_loop import (
     ModelSpec,
     Split,
     TrainSettings,
-    lineage_root,
     run_cycles,
     search_beta,
 )
 from bal_jax.checkpoint import ModelStore
+from bal_jax.keys import lineage_root
 from bal_jax.methods import SelectionContext
 from bal_jax.train import Recipe
 from experiments import report
@@ -37,14 +37,14 @@ def splits():
     return Split(x[:300], y[:300]), Split(x[300:400], y[300:400]), Split(x[400:500], y[400:500])
 
 
-def cycles(method, pool, test, val, store=None, context=None, **kw):
+def cycles(method, pool, test, val, store=None, context=None, counts=(30, 30), **kw):
     return run_cycles(
         jax.random.key(0),
         method=method,
         pool=pool,
         evaluation=test,
         validation=val,
-        counts=(30, 30),
+        counts=counts,
         context=context or SelectionContext(),
         model=SPEC,
         mean=MEAN,

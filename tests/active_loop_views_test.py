@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from bal_jax import active_loop, train
+from bal_jax import active_loop, keys, train
 from bal_jax.active_loop import ModelSpec, TrainSettings
 
 
@@ -36,9 +36,7 @@ def test_pretext_features_come_from_the_chosen_view(monkeypatch, view):
     if view == "upright":
         np.testing.assert_array_equal(seen["images"], images)
     else:  # one seeded quarter turn per image, as the released code's random rotation
-        turns = np.asarray(
-            jax.random.randint(active_loop.named_key(key, "feature_view"), (64,), 0, 4)
-        )
+        turns = np.asarray(jax.random.randint(keys.named_key(key, "feature_view"), (64,), 0, 4))
         assert len(set(turns.tolist())) == 4
         np.testing.assert_array_equal(seen["images"], active_loop.rotate_each(images, turns))
     with pytest.raises(ValueError, match="feature_view"):

@@ -5,12 +5,16 @@ import dataclasses
 import os
 import shutil
 
+import jax
 import numpy as np
 import pytest
 from labeling_test import annotate, quiet, write_digits
 
+from bal_jax.active_loop import ModelSpec, Split, TrainSettings, run_cycles
 from bal_jax.labeling import LabelingError, LabelingProject, ProjectConfig
 from bal_jax.labeling.models import predict_folder
+from bal_jax.learners import HeadFeatures
+from bal_jax.methods import SelectionContext
 
 CONFIG = ProjectConfig(classes=tuple("0123456789"), per_round=10, rounds=3, cv_folds=3)
 
@@ -58,6 +62,32 @@ def test_default_setting_rounds_status_export_predict(folder, tmp_path):
     with open(str(tmp_path / "preds.csv")) as f:
         predicted = {line.split(",")[1] for line in f.read().splitlines()[1:]}
     assert len(predicted) > 3
+
+
+def test_the_runners_linear_cycle_picks_the_same_images(folder, tmp_path):
+    """One classifier step for both tools: labeling rounds with the linear head and an
+    uncertainty method pick what `run_cycles(head_features=...)` picks on the same features."""
+    images, truth = folder
+    config = dataclasses.replace(CONFIG, method="margin")
+    project, picks = run_rounds(str(tmp_path / "p"), images, truth, config, str(tmp_path))
+    ids = project.pool.ids_N.tolist()
+    labels = np.asarray([int(truth[i]) for i in ids], np.int32)
+    pool = Split(project.pool.images_NHWC, labels)
+    records = run_cycles(
+        jax.random.key(config.seed),
+        method="margin",
+        pool=pool,
+        evaluation=Split(pool.images[:16], labels[:16]),
+        counts=project.counts,
+        context=SelectionContext(),
+        model=ModelSpec(10, 3, config.width),
+        settings=TrainSettings(epochs=1, batch_size=8, learning_rate=0.1),
+        mean=project.mean,
+        std=project.std,
+        head_features=HeadFeatures(project.head_features, project.head_features[:16]),
+        log=quiet,
+    )
+    assert [[ids[n] for n in r["selected"]] for r in records] == picks
 
 
 def test_embeddings_file_gives_the_builtin_sources_picks(folder, tmp_path):

@@ -23,10 +23,10 @@ from bal_jax.active_loop import (
     ModelSpec,
     Split,
     TrainSettings,
-    named_key,
     pretext_outputs,
     run_cycles,
 )
+from bal_jax.keys import named_key
 from bal_jax.labeling import LabelingError, LabelingProject, ProjectConfig, formats, models
 from bal_jax.labeling.config import PAPER_SETTING
 from bal_jax.methods import SelectionContext, bal_order

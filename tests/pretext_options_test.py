@@ -69,6 +69,12 @@ def test_pretext_outputs_patches_pool_and_probe_features():
         ({"pretext": "patches", "methods": ("pt4al",)}, "pt4al ranks images by rotation"),
         ({"pretext": "patches", "feature_layer": "block3"}, "no network layers"),
         ({"pretext": "patches", "pretext_feature": "random_rotation"}, "has no rotations"),
+        ({"classifier": "linear"}, "--classifier=linear fits on the patch features"),
+        (
+            {"classifier": "linear", "pretext": "patches", "methods": ("random", "dbal")},
+            "no dropout to sample",
+        ),
+        ({"classifier": "svm"}, "--classifier must be one of vgg, linear"),
     ],
 )
 def test_bad_pretext_options_are_refused_before_training(changes, message):

@@ -24,9 +24,9 @@ from collections.abc import Callable
 import numpy as np
 
 from bal_jax import patch_features, train
-from bal_jax.active_loop import named_key
 from bal_jax.atomic import atomic_path
 from bal_jax.embeddings import EmbeddingsError, read_embeddings
+from bal_jax.keys import named_key
 from bal_jax.labeling import models
 from bal_jax.labeling.config import LabelingError, ProjectConfig
 
@@ -40,15 +40,7 @@ def _patch_pair(t, images):
     """Whitened features (selection) and the head's: the standardised features of each image
     and of its mirror image, stacked (N, 2, 4K) (flip augmentation and flip averaging:
     +3 points at 300 and 1,000 CIFAR-10 labels, `python -m experiments.classifiers`)."""
-    return patch_features.patch_features(t, images), _head_pair(t, images)
-
-
-def _head_pair(t, images):
-    upright = patch_features.patch_features(t, images, whiten=False)
-    mirror = patch_features.patch_features(
-        t, np.ascontiguousarray(images[:, :, ::-1]), whiten=False
-    )
-    return np.stack([upright, mirror], axis=1)
+    return patch_features.patch_features(t, images), patch_features.head_views(t, images)
 
 
 def _embeddings(config: ProjectConfig, root: str, ids, dim=None) -> np.ndarray:
@@ -143,7 +135,7 @@ class FeatureTransform:
     def __call__(self, images_NHWC, ids, *, meta: dict, features_file: str | None, root: str):
         if self.source == "patches":
             t = patch_features.transform_from_arrays(np.load(os.path.join(self.folder, _PATCHES)))
-            return _head_pair(t, images_NHWC)
+            return patch_features.head_views(t, images_NHWC)
         if self.source == "file":
             if features_file is None:
                 raise LabelingError(

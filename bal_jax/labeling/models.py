@@ -24,10 +24,11 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from bal_jax import heads, train
-from bal_jax.active_loop import TrainSettings, named_key
+from bal_jax.active_loop import TrainSettings
 from bal_jax.active_loop import fit_kwargs as _runner_fit_kwargs
 from bal_jax.atomic import atomic_dir
 from bal_jax.data import decode
+from bal_jax.keys import named_key
 from bal_jax.labeling import pool as pool_lib
 from bal_jax.labeling.config import LabelingError
 from bal_jax.models import VGG16

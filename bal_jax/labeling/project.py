@@ -32,8 +32,8 @@ import numpy as np
 from flax import nnx
 
 from bal_jax import heads, train
-from bal_jax.active_loop import main_train_key, named_key, selection_key
 from bal_jax.data import channel_stats
+from bal_jax.keys import main_train_key, named_key, selection_key
 from bal_jax.labeling import featurize, formats, models
 from bal_jax.labeling import pool as pool_lib
 from bal_jax.labeling.config import (
@@ -47,6 +47,7 @@ from bal_jax.labeling.config import (
     setting_line,
 )
 from bal_jax.labeling.store import ProjectStore, log_unreadable, read_json, save_npz, write_json
+from bal_jax.learners import fit_linear_step, linear_predictions
 from bal_jax.methods import NEEDS_PRETEXT, PoolPredictions, SelectionContext, select
 from bal_jax.models import VGG16
 
@@ -203,15 +204,14 @@ class LabelingProject(ProjectStore):
         if meta is not None and meta.get("labels_digest") == digest and meta["kind"] == "linear":
             return models.load_head(path), meta
         t0 = time.perf_counter()
-        feats, mirror = heads.split_views(self.head_features)
-        head, cv = heads.fit_head(
+        # The runner's LinearLearner fits cycle upto - 1 with this key and this function.
+        head, cv = fit_linear_step(
             named_key(main_train_key(self.key, upto - 1), "head"),
-            feats[idx],
+            self.head_features,
+            idx,
             y,
             num_classes=len(self.classes),
             folds=self.config.cv_folds,
-            reference=feats,
-            mirrored=None if mirror is None else mirror[idx],
         )
         meta = {
             "kind": "linear",
@@ -219,7 +219,7 @@ class LabelingProject(ProjectStore):
             "image_size": self.config.image_size,
             "mean": list(self.mean),
             "std": list(self.std),
-            "feature_dim": int(feats.shape[1]),
+            "feature_dim": int(head.mean_D.shape[0]),
             "labels_digest": digest,
             "num_labels": int(idx.size),
             "round": upto,
@@ -239,9 +239,7 @@ class LabelingProject(ProjectStore):
     def predictions(self, upto: int) -> PoolPredictions:
         """The classifier of round `upto` on the whole pool (what uncertainty methods use)."""
         if self.config.classifier == "linear":
-            probs = self.head(upto)[0].probs(*heads.split_views(self.head_features))
-            logits = np.log(np.maximum(probs, 1e-12))  # of the flip-averaged probabilities
-            return PoolPredictions(probs_NC=probs, logits_NC=logits, features_ND=self._features)
+            return linear_predictions(self.head(upto)[0], self.head_features, self._features)
         out = train.predict(
             self.classifier(upto),
             self.pool.images_NHWC,
@@ -316,7 +314,7 @@ class LabelingProject(ProjectStore):
 
     def _select(self, r: int, k: int, mask: np.ndarray) -> tuple[np.ndarray, PoolPredictions]:
         """Round r's picks with the project's method: the runner's cycle-r selection (same
-        keys, `bal_jax.active_loop.selection_key`, same `select`), on the project's
+        keys, `bal_jax.keys.selection_key`, same `select`), on the project's
         features and classifier."""
         method = self.config.method
         preds = PoolPredictions() if r == 0 else self.predictions(r)

@@ -18,8 +18,8 @@ from collections.abc import Callable
 import jax
 import numpy as np
 
-from bal_jax.active_loop import named_key
 from bal_jax.atomic import atomic_path
+from bal_jax.keys import named_key
 from bal_jax.labeling import featurize, formats
 from bal_jax.labeling import pool as pool_lib
 from bal_jax.labeling.config import LabelingError, ProjectConfig, listed, unreadable_message
