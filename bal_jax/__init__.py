@@ -13,6 +13,7 @@ images round by round).
 """
 
 from bal_jax import data as data
+from bal_jax import diversity as diversity
 from bal_jax import patch_features as patch_features
 from bal_jax import sampling as sampling
 from bal_jax import train as train

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bal_jax import coverage, sampling, subpools
+from bal_jax import coverage, diversity, sampling, subpools
 from bal_jax.kmeans import cdd, kmeans, pairwise_sq_dists
 from bal_jax.typical import bal_typical_select
 
@@ -270,7 +270,7 @@ def bal_select(
     if options.sampler == "kmeans":
         if features is None:
             raise ValueError("the kmeans sampler needs features")
-        return np.asarray(sampling.kmeans_centers(key, features, mask, k))
+        return np.asarray(diversity.kmeans_centers(key, features, mask, k))
     if options.sampler not in BAL_SAMPLERS:
         raise ValueError(f"unknown BAL sampler {options.sampler!r}; choose one of {BAL_SAMPLERS}")
     preds = PoolPredictions(probs_NC=probs, logits_NC=logits)
@@ -459,7 +459,7 @@ def select(
         )
     if method == "typiclust":
         return np.asarray(
-            sampling.typiclust(key, context.pretext_features_ND, labeled_mask, unlabeled, k)
+            diversity.typiclust(key, context.pretext_features_ND, labeled_mask, unlabeled, k)
         )
     if method in ("probcover", "maxherding"):
         return coverage.select(
@@ -479,8 +479,8 @@ def select(
     if method in ("confidence", "entropy", "margin"):
         return np.asarray(_uncertainty(method, key, preds, unlabeled, k))
     if method == "coreset":
-        return np.asarray(sampling.kcenter_greedy(preds.features_ND, labeled_mask, unlabeled, k))
+        return np.asarray(diversity.kcenter_greedy(preds.features_ND, labeled_mask, unlabeled, k))
     if method == "dbal":
         return np.asarray(sampling.bald(preds.mc_probs_TNC, unlabeled, k))
     # badge
-    return np.asarray(sampling.badge(key, preds.probs_NC, preds.features_ND, unlabeled, k))
+    return np.asarray(diversity.badge(key, preds.probs_NC, preds.features_ND, unlabeled, k))

@@ -15,7 +15,7 @@ What it changes, in SPEC terms (the paper's BAL, ``--method=bal``, stays as it i
   features). BAL-typical instead picks typical images first, as Hacohen et al. 2022 ("Active
   learning on a budget", TypiClust) show wins at low budgets: K-means of the whole pool into
   k clusters, and the densest image of each (highest typicality, the inverse mean distance to
-  its 20 nearest neighbours), ``bal_jax.sampling.typiclust``.
+  its 20 nearest neighbours), ``bal_jax.diversity.typiclust``.
 - Step 5, later cycles. The candidates are still BAL's adaptive sub-pool D_i (Steps 3-4,
   Eq. 6-7, with its own beta found by Eq. 9), but instead of the k least confident images of
   D_i (which can all sit in one confusing region) it covers the clusters: the pool is
@@ -29,7 +29,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from bal_jax import sampling, subpools
+from bal_jax import diversity, sampling, subpools
 from bal_jax.kmeans import as_float_matrix, check_finite, kmeans
 
 __all__ = ["bal_typical_select", "coverage_select"]
@@ -140,7 +140,7 @@ def bal_typical_select(
         raise ValueError("bal_typical needs the pretext features")
     if cycle == 0:
         return np.asarray(
-            sampling.typiclust(
+            diversity.typiclust(
                 key, feats_ND, labeled_mask, ~labeled_mask, k, num_neighbors=num_neighbors
             )
         )

@@ -17,7 +17,7 @@ Sides:
   select  bal_jax: ``bal_jax.methods.bal_select`` (sub-pool + least confidence) when present,
           else ``bal_jax.subpools.subpool`` + ``bal_jax.sampling.least_confidence``;
           numpy: the same window and ranking in vectorised NumPy.
-  kcenter bal_jax: ``bal_jax.sampling.kcenter_greedy``; numpy: the O(N)-memory greedy.
+  kcenter bal_jax: ``bal_jax.diversity.kcenter_greedy``; numpy: the O(N)-memory greedy.
 
 A side whose bal_jax function does not exist yet raises ``Unavailable``: its row says "not
 available", never a number.
@@ -419,7 +419,7 @@ def _kcenter_side(case: dict, side: str) -> Side:
     if side == "bal_jax":
         import jax
 
-        kcenter = _attr("bal_jax.sampling", "kcenter_greedy")
+        kcenter = _attr("bal_jax.diversity", "kcenter_greedy")
         feats_dev = jax.device_put(feats)
         del feats
 

@@ -274,7 +274,7 @@ def _kmeans(sizes: dict) -> list[tuple[str, str, str]]:
 
 
 def _kcenter(sizes: dict) -> list[tuple[str, str, str]]:
-    from bal_jax.sampling import kcenter_greedy
+    from bal_jax.diversity import kcenter_greedy
 
     n, d, k = sizes["select_n"], sizes["select_d"], sizes["kcenter_k"]
     x = jax.block_until_ready(_points(n, d, seed=2))

@@ -457,7 +457,7 @@ transform + the two smallest distances. With tol 0 both sides stop only at max_i
 no assignment changes (scikit-learn's rule, which bal_jax copies); iteration counts are in
 the notes. The selection step = bal_jax.methods.bal_select (sub-pool window + least
 confidence) on NumPy inputs vs the same computation in vectorised NumPy; k-center greedy =
-bal_jax.sampling.kcenter_greedy vs an O(N)-memory NumPy greedy. The authors' Core-Set forms
+bal_jax.diversity.kcenter_greedy vs an O(N)-memory NumPy greedy. The authors' Core-Set forms
 an N x N distance matrix (50k: 10 GB, 1M: 4 TB in float32); neither side here does.
 {quick_note if quick else ""}
 """

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bal_jax import sampling
+from bal_jax import diversity, sampling
 from bal_jax.kmeans import kmeans_core, pairwise_sq_dists
 
 N, C, D = 200, 5, 6
@@ -172,15 +172,15 @@ def test_kcenter_greedy_matches_numpy(with_labeled, kind, small_batches, monkeyp
         rng = np.random.default_rng(1)
         centers = rng.normal(size=(10, D)).astype(np.float32) * 5
         feats = centers[rng.integers(0, 10, N)] + 0.3 * rng.normal(size=(N, D)).astype(np.float32)
-        monkeypatch.setattr(sampling, "_KC_TOP", 12)
-        monkeypatch.setattr(sampling, "_KC_GROUP", 8)
-        monkeypatch.setattr(sampling, "_KC_SMALL_GROUP", 6)
-    sampling._kcenter_core.clear_cache()
-    fn = sampling.kcenter_greedy
+        monkeypatch.setattr(diversity, "_KC_TOP", 12)
+        monkeypatch.setattr(diversity, "_KC_GROUP", 8)
+        monkeypatch.setattr(diversity, "_KC_SMALL_GROUP", 6)
+    diversity._kcenter_core.clear_cache()
+    fn = diversity.kcenter_greedy
     if not small_batches:  # traced by an outer jit (the patched run must trace afresh)
         fn = jax.jit(fn, static_argnames=("k", "chunk_size"))
     got = fn(feats, labeled, _as(mask, kind), k=60, chunk_size=64 if with_labeled else None)
-    sampling._kcenter_core.clear_cache()
+    diversity._kcenter_core.clear_cache()
     _check_valid(got, 60, mask)
     np.testing.assert_array_equal(got, _np_kcenter(feats, labeled, mask, 60))
 
@@ -190,14 +190,14 @@ def test_kcenter_greedy_runs_on_100k_points():
     n = 100_000
     feats = jax.random.normal(jax.random.key(0), (n, 4))
     labeled = jnp.arange(n) < 3
-    got = sampling.kcenter_greedy(feats, labeled, ~labeled, 20)
+    got = diversity.kcenter_greedy(feats, labeled, ~labeled, 20)
     _check_valid(got, 20, ~np.asarray(labeled))
 
 
 def test_kmeans_centers_takes_the_nearest_free_candidate_of_each_center():
     _, _, feats, _, mask = _data()
     key, k = jax.random.key(4), 8
-    fn = jax.jit(sampling.kmeans_centers, static_argnames=("k",))
+    fn = jax.jit(diversity.kmeans_centers, static_argnames=("k",))
     got = np.asarray(fn(key, feats, mask, k=k))
     _check_valid(got, k, mask)
     centers = kmeans_core(
@@ -215,14 +215,14 @@ def test_kmeans_centers_on_blobs_picks_one_per_blob():
     rng = np.random.default_rng(0)
     means = np.array([[0, 0], [50, 0], [0, 50], [50, 50]], np.float32)
     x = (means[np.arange(80) % 4] + rng.normal(size=(80, 2))).astype(np.float32)
-    got = np.asarray(sampling.kmeans_centers(jax.random.key(0), x, np.ones(80, bool), 4))
+    got = np.asarray(diversity.kmeans_centers(jax.random.key(0), x, np.ones(80, bool), 4))
     assert sorted((got % 4).tolist()) == [0, 1, 2, 3]
 
 
 def test_badge_matches_explicit_gradient_embeddings():
     _, probs, feats, _, mask = _data()
     key, k = jax.random.key(9), 15
-    got = np.asarray(jax.jit(sampling.badge, static_argnames="k")(key, probs, feats, mask, k=k))
+    got = np.asarray(jax.jit(diversity.badge, static_argnames="k")(key, probs, feats, mask, k=k))
     _check_valid(got, k, mask)
     # Reference: explicit (N, C*D) embeddings and the same D^2 draws.
     a = probs - np.eye(C)[probs.argmax(1)]
@@ -251,7 +251,7 @@ def test_typiclust_picks_typical_points_of_uncovered_clusters():
     blob = np.repeat(np.arange(5), sizes)
     labeled = np.zeros(len(x), bool)
     labeled[[0, 1]] = True  # blob 0 is covered
-    got = sampling.typiclust(
+    got = diversity.typiclust(
         jax.random.key(0), x, labeled, ~labeled, 3, num_neighbors=5, max_clusters=5
     )
     _check_valid(got, 3, ~labeled)
@@ -272,7 +272,7 @@ def test_typiclust_picks_typical_points_of_uncovered_clusters():
     ranked = members[np.argsort(-1 / (np.sort(d, 1)[:, :5].mean(1) + 1e-5), kind="stable")]
     cand = ~labeled
     cand[ranked[0]] = False
-    again = sampling.typiclust(
+    again = diversity.typiclust(
         jax.random.key(0), x, labeled, cand, 3, num_neighbors=5, max_clusters=5
     )
     assert again[0] == ranked[1] and again[1:].tolist() == got[1:].tolist()
@@ -292,10 +292,10 @@ def _all_samplers(probs, feats, labeled, cand, k):
         "bald": lambda: sampling.bald(probs[None], cand, k),
         "random": lambda: sampling.random(key, cand, k),
         "first_k": lambda: sampling.first_k(order, cand, k),
-        "kmeans_centers": lambda: sampling.kmeans_centers(key, feats, cand, k),
-        "kcenter_greedy": lambda: sampling.kcenter_greedy(feats, labeled, cand, k),
-        "badge": lambda: sampling.badge(key, probs, feats, cand, k),
-        "typiclust": lambda: sampling.typiclust(key, feats, labeled, cand, k),
+        "kmeans_centers": lambda: diversity.kmeans_centers(key, feats, cand, k),
+        "kcenter_greedy": lambda: diversity.kcenter_greedy(feats, labeled, cand, k),
+        "badge": lambda: diversity.badge(key, probs, feats, cand, k),
+        "typiclust": lambda: diversity.typiclust(key, feats, labeled, cand, k),
     }
 
 
@@ -342,11 +342,11 @@ def test_every_sampler_rejects_k_too_large_and_empty_candidates(name):
         (lambda p, f, m: sampling.entropy(p, np.array([1, 1, 2]), 2), "distinct"),
         (lambda p, f, m: sampling.entropy(p, np.array([1, N]), 2), "in \\[0"),
         (lambda p, f, m: sampling.entropy(p, m[:-1], 2), "length"),
-        (lambda p, f, m: sampling.kcenter_greedy(f.at[3, 1].set(jnp.nan), m, ~m, 2), "NaN"),
-        (lambda p, f, m: sampling.kcenter_greedy(f, m, m, 2), "already labeled"),
-        (lambda p, f, m: sampling.kcenter_greedy(f, m.astype(int), ~m, 2), "labeled_mask"),
-        (lambda p, f, m: sampling.kmeans_centers(jax.random.key(0), f[:, 0], m, 2), "2-D"),
-        (lambda p, f, m: sampling.badge(jax.random.key(0), p[:-1], f, m, 2), "rows"),
+        (lambda p, f, m: diversity.kcenter_greedy(f.at[3, 1].set(jnp.nan), m, ~m, 2), "NaN"),
+        (lambda p, f, m: diversity.kcenter_greedy(f, m, m, 2), "already labeled"),
+        (lambda p, f, m: diversity.kcenter_greedy(f, m.astype(int), ~m, 2), "labeled_mask"),
+        (lambda p, f, m: diversity.kmeans_centers(jax.random.key(0), f[:, 0], m, 2), "2-D"),
+        (lambda p, f, m: diversity.badge(jax.random.key(0), p[:-1], f, m, 2), "rows"),
         (lambda p, f, m: sampling.first_k(np.zeros(N, int), m, 2), "distinct"),
     ],
 )

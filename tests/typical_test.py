@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bal_jax import methods, sampling, subpools, typical
+from bal_jax import diversity, methods, subpools, typical
 
 
 def _reference_round_robin(assign, labeled, cand, score, k, min_size):
@@ -99,7 +99,7 @@ def test_first_cycle_is_typiclust_on_the_whole_pool():
         k=12,
         beta=1.0,
     )
-    want = sampling.typiclust(jax.random.key(3), feats, labeled, ~labeled, 12)
+    want = diversity.typiclust(jax.random.key(3), feats, labeled, ~labeled, 12)
     np.testing.assert_array_equal(got, want)
 
 
