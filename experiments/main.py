@@ -101,6 +101,12 @@ flags.DEFINE_enum(
     "Pretext features to cluster: final (the paper's) or a pooled intermediate block.",
 )
 flags.DEFINE_float("simclr_lr", None, "Adam learning rate of the simclr pretext.")
+_CPU_DEVICES = flags.DEFINE_integer(
+    "cpu_devices",
+    None,
+    "XLA:CPU devices the CPU is split into (default: one per core, a power of two up to 8; "
+    "1: one device). Ignored when XLA_FLAGS sets a count; GPUs and TPUs are unaffected.",
+)
 flags.DEFINE_enum(
     "classifier",
     None,
@@ -243,6 +249,9 @@ def main(argv):
     given = [f.name for f in (_COORDINATOR, _NUM_PROCESSES, _PROCESS_ID) if f.value is not None]
     if given and not _DISTRIBUTED.value:
         sys.exit(f"error: --{', --'.join(given)} only apply with --distributed")
+    if _CPU_DEVICES.value is not None and _CPU_DEVICES.value < 1:
+        sys.exit(f"error: --cpu_devices must be at least 1, got {_CPU_DEVICES.value}")
+    parallel.use_cpu_devices(_CPU_DEVICES.value)
     try:
         parallel.maybe_initialize_distributed(
             enabled=_DISTRIBUTED.value,

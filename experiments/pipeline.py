@@ -146,18 +146,28 @@ def check_writable(folder: str, what: str) -> None:
         raise ConfigError(f"cannot write to the {what} {folder}: {e.strerror or e}") from None
 
 
-def _bind_workdir(workdir: str, c: Config) -> None:
+def _bind_workdir(workdir: str, c: Config, ndev: int = 1) -> None:
     check_writable(workdir, "workdir")
     path = os.path.join(workdir, "config.json")
     fp = c.fingerprint()
+    if ndev > 1:
+        # Data parallel training sums in another order: other models, so a run never
+        # continues on another device count (1 device: left out, as before it was recorded).
+        fp["devices"] = ndev
     if os.path.exists(path):
         with open(path) as f:
             old = json.load(f)
         if old != fp:
             diff = sorted(k for k in set(old) | set(fp) if old.get(k) != fp.get(k))
+            hint = (
+                f" (it was made with {old.get('devices', 1)} device(s): --cpu_devices="
+                f"{old.get('devices', 1)} on a CPU)"
+                if "devices" in diff
+                else ""
+            )
             raise ConfigError(
                 f"workdir {workdir} belongs to a different configuration (differs in: "
-                f"{', '.join(diff)}); use another --workdir or the same settings"
+                f"{', '.join(diff)}){hint}; use another --workdir or the same settings"
             )
     elif is_primary():
         report.atomic_write(path, json.dumps(fp, indent=2, sort_keys=True) + "\n")
@@ -476,7 +486,7 @@ def run_experiment(
         c, pool_size=pool_size, val_size=d.val.images.shape[0], num_classes=len(d.class_names)
     )
     counts = plan.counts
-    _bind_workdir(workdir, c)
+    _bind_workdir(workdir, c, ndev)
     if pretext_dir is None:
         pretext_dir = default_pretext_dir(workdir)
     if any(m in ("bal", "pt4al", "typiclust") for m in c.methods):
