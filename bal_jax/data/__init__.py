@@ -1,4 +1,5 @@
-"""Datasets as in-memory arrays: digits, prepared tfds datasets and image folders.
+"""Datasets as in-memory arrays: digits, prepared tfds datasets (or cifar10 / svhn prepared by
+`python -m experiments.prepare`) and image folders.
 
 from bal_jax.data import load_dataset, split_validation, class_balanced_subset
 
@@ -14,6 +15,7 @@ from bal_jax.data.digits import load_digits as load_digits
 from bal_jax.data.folder import load_folder as load_folder
 from bal_jax.data.load import DATASET_NAMES as DATASET_NAMES
 from bal_jax.data.load import load_dataset as load_dataset
+from bal_jax.data.prepared import load_prepared as load_prepared
 from bal_jax.data.resplit import drop_classes as drop_classes
 from bal_jax.data.resplit import resplit as resplit
 from bal_jax.data.splits import class_balanced_subset as class_balanced_subset

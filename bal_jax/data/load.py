@@ -2,6 +2,7 @@
 
     ds = load_dataset("digits")                                   # embedded, no download
     ds = load_dataset("cifar10", data_dir="~/tensorflow_datasets")  # prepared tfds dataset
+    # or prepared without TensorFlow by `python -m experiments.prepare --dataset=cifar10`
     ds = load_dataset("folder:../shared/datasets/cifar10-jpg.tar.gz")
 
 Names:
@@ -9,13 +10,17 @@ Names:
   - "cifar10", "svhn" (tfds svhn_cropped), "caltech101" (varying sizes, resized to 32 unless
     image_size says otherwise), or any other tfds image classification dataset prepared under
     data_dir, as "name", "name/config" or "name:version" (see bal_jax/data/tfds_source.py).
+    "cifar10" and "svhn" are also read from the file `python -m experiments.prepare` writes
+    under data_dir when no tfds copy is there (see bal_jax/data/prepared.py).
   - "folder:PATH": an image folder or a tar archive of one (see bal_jax/data/folder.py).
 28x28 images (MNIST-like) come back zero-padded to 32x32, the multiple of 32 the VGG wants.
 """
 
 from __future__ import annotations
 
-from bal_jax.data import tfds_source
+import os
+
+from bal_jax.data import prepared, tfds_source
 from bal_jax.data.dataset import Dataset
 from bal_jax.data.digits import load_digits
 from bal_jax.data.folder import load_folder
@@ -39,6 +44,19 @@ def _registered_tfds_names() -> set[str]:
     import tensorflow_datasets as tfds
 
     return set(tfds.list_builders(with_community_datasets=False))
+
+
+def _load_prepared(name: str, data_dir: str, image_size: int | None) -> Dataset:
+    """cifar10 / svhn from experiments.prepare's file, or the one sentence saying how to get it."""
+    data_dir = os.path.expanduser(data_dir)
+    ds = prepared.load_prepared(name, data_dir=data_dir, image_size=image_size)
+    if ds is None:
+        raise tfds_source.DatasetNotPreparedError(
+            f"Dataset {name!r} is not prepared under {data_dir}; prepare it with "
+            f"`{prepared.prepare_command(name, data_dir)}`, which downloads the official files "
+            "(no TensorFlow needed)."
+        )
+    return ds
 
 
 def load_dataset(
@@ -66,7 +84,7 @@ def load_dataset(
     Raises:
       ValueError: unknown name (the message lists the valid ones) or unusable data.
       tfds_source.DatasetNotPreparedError: a tfds dataset not prepared under data_dir; the
-        message says how to prepare it.
+        message gives the command that prepares it.
     """
     if not isinstance(name, str) or not name:
         raise ValueError(f"Dataset name must be a non-empty string, got {name!r}.")
@@ -84,6 +102,8 @@ def load_dataset(
     try:
         tfds_source.find_prepared(spec, data_dir)
     except tfds_source.DatasetNotPreparedError:
+        if name in prepared.PREPARED_NAMES:
+            return _load_prepared(name, data_dir, image_size)
         if base not in TFDS_ALIASES and base not in _registered_tfds_names():
             raise ValueError(
                 f"Unknown dataset {name!r}; valid names are {', '.join(DATASET_NAMES)}, or any "
