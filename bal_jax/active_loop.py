@@ -2,8 +2,8 @@
 
 Usage::
 
-    outs = pretext_outputs(key, pool.images, model=ModelSpec(4, 3, 0.25), settings=pretext_cfg,
-                           mean=ds.mean, std=ds.std)
+    outs = features.pretext_outputs(key, pool.images, model=ModelSpec(4, 3, 0.25),
+                                    settings=pretext_cfg, mean=ds.mean, std=ds.std)
     order = bal_order(key, outs.features_ND, num_clusters=10)
     records = run_cycles(key, method="bal", pool=pool, evaluation=test, counts=(100,) * 5,
                          context=SelectionContext(bal_order=order, beta=1.0), ...)
@@ -17,13 +17,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import numpy as np
-from flax import nnx
 
-from bal_jax import patch_features, train
 from bal_jax.checkpoint import ModelStore, RunCheckpointer
 from bal_jax.keys import cycle_key, named_key, selection_key
 from bal_jax.learners import HeadFeatures, LinearLearner, VGGLearner
@@ -35,229 +33,24 @@ from bal_jax.methods import (
     needs_beta,
     select,
 )
-from bal_jax.models import VGG16
-
-# Version of what `pretext_outputs` computes: part of the runner's pretext cache key, so
-# features made by older code are never reused. Bump it with any change to the rotation
-# training, the network or the feature extraction that changes the features.
-PRETEXT_CODE_VERSION = 2
-# Feature views (SPEC Step 2): the upright image (paper) or one random rotation (released code).
-FEATURE_VIEWS = ("upright", "random_rotation")
-# Augmentation modes (SPEC Step 1; per dataset in experiments/config.py): random crop (pad 4)
-# with a horizontal flip, the crop alone (digits must not be mirrored), or none.
-AUGMENTATIONS = ("crop_flip", "crop", "none")
+from bal_jax.settings import (
+    AUGMENTATIONS,
+    ModelSpec,
+    Split,
+    TrainSettings,
+    augment_kwargs,
+    fit_kwargs,
+)
 
 # A trained model that puts more than this share of the validation images into one class has
 # collapsed (a constant predictor scores chance): a failure to report, not a result.
 COLLAPSE_SHARE = 0.8
 
 
-class Split(NamedTuple):
-    """Images (N, H, W, C) uint8 with labels (N,) int."""
-
-    images: np.ndarray
-    labels: np.ndarray
-
-
-class ModelSpec(NamedTuple):
-    num_classes: int
-    in_channels: int
-    width: float
-
-
-class TrainSettings(NamedTuple):
-    """Optimisation settings of one training stage (SPEC Step 1 / Step 6, paper Table I)."""
-
-    epochs: int
-    batch_size: int
-    learning_rate: float
-    milestones: tuple[int, ...] = ()
-    lr_decay: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    augment: str = "crop_flip"  # one of AUGMENTATIONS
-    eval_batch_size: int = 512
-    recipe: train.Recipe = train.RECIPES["paper"]
-    # Compute dtype ('float32' or 'bfloat16' mixed precision, bal_jax.precision) and optimizer
-    # steps per jitted call (>1 only on accelerators; see bal_jax.train.fit).
-    dtype: str = "float32"
-    steps_per_dispatch: int = 1
-
-
-class PretextOutputs(NamedTuple):
-    features_ND: np.ndarray
-    losses_N: np.ndarray  # rotation losses (PT4AL); NaN for pretexts without them
-    seconds: dict[str, float]  # {"pretext": training, "features": features + losses}
-    probe_features_MD: np.ndarray | None = None  # features of `probe_images`, if given
-
-
-# Pretext tasks of `pretext_outputs`: the paper's rotation prediction (SPEC Step 1), SimCLR
-# instance discrimination and k-means patch features without a network (issue 11).
-PRETEXTS = ("rotation", "simclr", "patches")
-
-
-def augment_kwargs(mode: str) -> dict[str, Any]:
-    """The arguments of `train.fit` / `train.fit_rotation` for an augmentation mode.
-
-    Args:
-      mode: one of `AUGMENTATIONS`.
-
-    Returns:
-      ``{"augment": bool}``, plus ``{"flip": False}`` for "crop".
-    """
-    if mode not in AUGMENTATIONS:
-        raise ValueError(f"augment must be one of {AUGMENTATIONS}, got {mode!r}")
-    if mode == "crop":
-        return {"augment": True, "flip": False}
-    return {"augment": mode != "none"}
-
-
-def rotate_each(images_NHWC: np.ndarray, quarter_turns_N: np.ndarray) -> np.ndarray:
-    """Image i turned by ``quarter_turns_N[i]`` x 90 degrees, as `train.rotations` turns it.
-
-    Args:
-      images_NHWC: square images.
-      quarter_turns_N: (N,) ints in [0, 4).
-
-    Returns:
-      The rotated images, same shape and dtype.
-    """
-    out = np.empty_like(images_NHWC)
-    for k in range(4):
-        sel = quarter_turns_N == k
-        out[sel] = np.rot90(images_NHWC[sel], k, axes=(1, 2))
-    return out
-
-
 def collapse_share(logits_NC: np.ndarray) -> float:
     """Share of the images predicted as the most frequent predicted class (1.0 = constant)."""
     pred = np.argmax(np.asarray(logits_NC), axis=-1)
     return float(np.bincount(pred).max() / max(pred.size, 1))
-
-
-def fit_kwargs(settings: TrainSettings, mean, std, mesh) -> dict[str, Any]:
-    """`train.fit` / `train.fit_rotation` keyword arguments of one training stage."""
-    return dict(
-        epochs=settings.epochs,
-        batch_size=settings.batch_size,
-        learning_rate=settings.learning_rate,
-        milestones=tuple(settings.milestones),
-        lr_decay=settings.lr_decay,
-        momentum=settings.momentum,
-        weight_decay=settings.weight_decay,
-        mean=mean,
-        std=std,
-        mesh=mesh,
-        **augment_kwargs(settings.augment),
-        dtype=settings.dtype,
-        steps_per_dispatch=settings.steps_per_dispatch,
-    )
-
-
-def pretext_outputs(
-    key: jax.Array,
-    images: np.ndarray,
-    *,
-    model: ModelSpec,
-    settings: TrainSettings,
-    mean: Sequence[float],
-    std: Sequence[float],
-    mesh=None,
-    progress: Callable | None = None,
-    feature_view: str = "upright",
-    pretext: str = "rotation",
-    feature_layer: str = "final",
-    probe_images: np.ndarray | None = None,
-) -> PretextOutputs:
-    """SPEC Steps 1-2 inputs: trains the pretext network, returns pool features and losses.
-
-    Args:
-      key: PRNG key of the pretext network's initialisation and training.
-      images: (N, H, W, C) uint8 pool (no labels are used).
-      model: the backbone's shape (``num_classes`` is ignored: the pretext has its own head).
-      settings: the pretext's optimisation settings (for 'simclr': epochs, batch size and
-        the Adam learning rate; milestones are not used, the schedule is warm-up + cosine).
-      mean, std: per-channel normalisation.
-      mesh: optional device mesh.
-      progress: ``callable(epoch, metrics)`` per epoch.
-      pretext: 'rotation' (the paper's, SPEC Step 1), 'simclr' (``fit_contrastive``) or
-        'patches' (``bal_jax.patch_features``: no network; `model`, `settings` and
-        `feature_layer` other than 'final' do not apply).
-      feature_layer: 'final' (the paper's penultimate features, of the upright image) or a
-        global-average-pooled block ('block1'..'block5', ``VGG16.layer_features``).
-      probe_images: optional (M, H, W, C) uint8 images (the validation split) whose features
-        are returned too, for the feature-quality diagnostic.
-      feature_view: one of `FEATURE_VIEWS`: 'upright' (the paper's) or 'random_rotation' (the
-        released code: each pool image turned by a random multiple of 90 degrees, drawn from
-        `key`).
-
-    Returns:
-      ``PretextOutputs``: pool features, per-image rotation losses (what PT4AL sorts by; NaN
-      for 'simclr' and 'patches', which have none), timings, probe features.
-    """
-    if feature_view not in FEATURE_VIEWS:
-        raise ValueError(f"feature_view must be one of {FEATURE_VIEWS}, got {feature_view!r}")
-    if pretext not in PRETEXTS:
-        raise ValueError(f"unknown pretext {pretext!r}; choose one of {PRETEXTS}")
-    if pretext == "patches":
-        return _patch_outputs(key, images, probe_images)
-    init = nnx.Rngs(named_key(key, "init"))
-    t0 = time.perf_counter()
-    if pretext == "rotation":
-        net = VGG16(4, in_channels=model.in_channels, width=model.width, rngs=init)
-        train.fit_rotation(
-            named_key(key, "train"),
-            net,
-            images,
-            **fit_kwargs(settings, mean, std, mesh),
-            progress=progress,
-        )
-    else:
-        net = train.ContrastiveNet(in_channels=model.in_channels, width=model.width, rngs=init)
-        train.fit_contrastive(
-            named_key(key, "train"),
-            net,
-            images,
-            epochs=settings.epochs,
-            batch_size=settings.batch_size,
-            learning_rate=settings.learning_rate,
-            mean=mean,
-            std=std,
-            mesh=mesh,
-            progress=progress,
-        )
-    t1 = time.perf_counter()
-    ev = dict(
-        batch_size=settings.eval_batch_size, mean=mean, std=std, mesh=mesh, dtype=settings.dtype
-    )
-    views = images
-    if feature_view == "random_rotation":
-        turns = jax.random.randint(named_key(key, "feature_view"), (images.shape[0],), 0, 4)
-        views = rotate_each(np.asarray(images), np.asarray(turns))
-    features = np.asarray(train.predict_features(net, views, layer=feature_layer, **ev))
-    probe = None
-    if probe_images is not None:
-        probe = np.asarray(train.predict_features(net, probe_images, layer=feature_layer, **ev))
-    if pretext == "rotation":
-        losses = np.asarray(train.rotation_losses(net, images, **ev))
-    else:
-        losses = np.full((images.shape[0],), np.nan, np.float32)
-    seconds = {"pretext": t1 - t0, "features": time.perf_counter() - t1}
-    return PretextOutputs(features, losses, seconds, probe)
-
-
-def _patch_outputs(key, images, probe_images) -> PretextOutputs:
-    t0 = time.perf_counter()
-    transform = patch_features.fit_patch_features(named_key(key, "patches"), np.asarray(images))
-    t1 = time.perf_counter()
-    features = patch_features.patch_features(transform, np.asarray(images))
-    probe = None
-    if probe_images is not None:
-        probe = patch_features.patch_features(transform, np.asarray(probe_images))
-    losses = np.full((features.shape[0],), np.nan, np.float32)
-    return PretextOutputs(
-        features, losses, {"pretext": t1 - t0, "features": time.perf_counter() - t1}, probe
-    )
 
 
 def run_cycles(
@@ -549,19 +342,15 @@ def search_beta(
 
 __all__ = [
     "AUGMENTATIONS",
-    "FEATURE_VIEWS",
-    "PRETEXTS",
-    "PRETEXT_CODE_VERSION",
+    "COLLAPSE_SHARE",
     "BALOptions",
     "BetaSearch",
     "ModelSpec",
-    "PretextOutputs",
     "Split",
     "TrainSettings",
     "augment_kwargs",
+    "collapse_share",
     "fit_kwargs",
-    "pretext_outputs",
-    "rotate_each",
     "run_cycles",
     "search_beta",
 ]

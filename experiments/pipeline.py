@@ -44,18 +44,11 @@ from absl import logging
 
 from bal_jax import data as data_lib
 from bal_jax import heads, patch_features
-from bal_jax.active_loop import (
-    PRETEXT_CODE_VERSION,
-    ModelSpec,
-    Split,
-    TrainSettings,
-    pretext_outputs,
-    run_cycles,
-    search_beta,
-)
+from bal_jax.active_loop import ModelSpec, Split, TrainSettings, run_cycles, search_beta
 from bal_jax.atomic import atomic_path
 from bal_jax.checkpoint import ModelStore, RunCheckpointer
 from bal_jax.diagnostics import knn_accuracy
+from bal_jax.features import PRETEXT_CODE_VERSION, pretext_outputs
 from bal_jax.keys import named_key
 from bal_jax.learners import HeadFeatures
 from bal_jax.methods import (

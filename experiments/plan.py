@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from bal_jax.active_loop import AUGMENTATIONS, FEATURE_VIEWS, PRETEXTS
 from bal_jax.budgets import BUDGETS, cycle_counts, search_cycles, validate_fractions
+from bal_jax.features import FEATURE_VIEWS, PRETEXTS
 from bal_jax.learners import CLASSIFIERS
 from bal_jax.methods import (
     BAL_SAMPLERS,
@@ -27,6 +27,7 @@ from bal_jax.methods import (
 )
 from bal_jax.models.vgg import FEATURE_LAYERS
 from bal_jax.precision import DTYPES
+from bal_jax.settings import AUGMENTATIONS
 from bal_jax.train import RECIPES
 from experiments.config import Config
 

@@ -1,10 +1,11 @@
-"""bal_jax.active_loop pieces chosen per dataset: augmentation modes and pretext feature views."""
+"""Pieces chosen per dataset: augmentation modes (bal_jax.settings) and pretext feature views
+(bal_jax.features)."""
 
 import jax
 import numpy as np
 import pytest
 
-from bal_jax import active_loop, keys, train
+from bal_jax import features, keys, settings, train
 from bal_jax.active_loop import ModelSpec, TrainSettings
 
 
@@ -14,7 +15,7 @@ def test_rotate_each_turns_like_the_pretext_rotations():
     turns = np.array([0, 1, 2, 3, 3, 2, 1, 0])
     views, _ = train.rotations(images)  # view k*N + i is image i turned k times
     expected = np.stack([np.asarray(views)[k * 8 + i] for i, k in enumerate(turns)])
-    np.testing.assert_array_equal(active_loop.rotate_each(images, turns), expected)
+    np.testing.assert_array_equal(features.rotate_each(images, turns), expected)
 
 
 @pytest.mark.parametrize("view", ["upright", "random_rotation"])
@@ -30,28 +31,28 @@ def test_pretext_features_come_from_the_chosen_view(monkeypatch, view):
     monkeypatch.setattr(train, "rotation_losses", lambda net, images, **kw: np.zeros(len(images)))
     images = np.random.default_rng(1).integers(0, 256, (64, 32, 32, 1), dtype=np.uint8)
     key = jax.random.key(0)
-    settings = TrainSettings(epochs=1, batch_size=8, learning_rate=0.1)
-    kw = dict(model=ModelSpec(10, 1, 0.0625), settings=settings, mean=(0.5,), std=(0.25,))
-    active_loop.pretext_outputs(key, images, feature_view=view, **kw)
+    stage = TrainSettings(epochs=1, batch_size=8, learning_rate=0.1)
+    kw = dict(model=ModelSpec(10, 1, 0.0625), settings=stage, mean=(0.5,), std=(0.25,))
+    features.pretext_outputs(key, images, feature_view=view, **kw)
     if view == "upright":
         np.testing.assert_array_equal(seen["images"], images)
     else:  # one seeded quarter turn per image, as the released code's random rotation
         turns = np.asarray(jax.random.randint(keys.named_key(key, "feature_view"), (64,), 0, 4))
         assert len(set(turns.tolist())) == 4
-        np.testing.assert_array_equal(seen["images"], active_loop.rotate_each(images, turns))
+        np.testing.assert_array_equal(seen["images"], features.rotate_each(images, turns))
     with pytest.raises(ValueError, match="feature_view"):
-        active_loop.pretext_outputs(key, images, feature_view="sideways", **kw)
+        features.pretext_outputs(key, images, feature_view="sideways", **kw)
 
 
 def test_augmentation_modes_map_to_train_arguments():
-    assert active_loop.augment_kwargs("crop_flip") == {"augment": True}
-    assert active_loop.augment_kwargs("none") == {"augment": False}
+    assert settings.augment_kwargs("crop_flip") == {"augment": True}
+    assert settings.augment_kwargs("none") == {"augment": False}
     with pytest.raises(ValueError, match="augment must be one of"):
-        active_loop.augment_kwargs("mirror")
+        settings.augment_kwargs("mirror")
 
 
 def test_crop_only_passes_flip_false():
-    assert active_loop.augment_kwargs("crop") == {"augment": True, "flip": False}
+    assert settings.augment_kwargs("crop") == {"augment": True, "flip": False}
 
 
 def test_crop_without_flip_never_mirrors():

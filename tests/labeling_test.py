@@ -23,9 +23,9 @@ from bal_jax.active_loop import (
     ModelSpec,
     Split,
     TrainSettings,
-    pretext_outputs,
     run_cycles,
 )
+from bal_jax.features import pretext_outputs
 from bal_jax.keys import named_key
 from bal_jax.labeling import LabelingError, LabelingProject, ProjectConfig, formats, models
 from bal_jax.labeling.config import PAPER_SETTING

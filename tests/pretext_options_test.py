@@ -6,7 +6,8 @@ import jax
 import numpy as np
 import pytest
 
-from bal_jax.active_loop import ModelSpec, TrainSettings, pretext_outputs
+from bal_jax.features import pretext_outputs
+from bal_jax.settings import ModelSpec, TrainSettings
 from experiments import config as config_lib
 from experiments.pipeline import ConfigError, check_config, pretext_cache_dir
 

@@ -15,11 +15,11 @@ import dataclasses
 import json
 import os
 
-from bal_jax.active_loop import TrainSettings
 from bal_jax.budgets import BUDGETS, cycle_counts
 from bal_jax.embeddings import FORMATS as EMBEDDING_FORMATS
 from bal_jax.labeling import formats
 from bal_jax.methods import METHODS, bal_min_beta
+from bal_jax.settings import TrainSettings
 from bal_jax.train.recipe import RECIPES, Recipe
 
 __all__ = [

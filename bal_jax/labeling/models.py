@@ -24,14 +24,14 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from bal_jax import heads, train
-from bal_jax.active_loop import TrainSettings
-from bal_jax.active_loop import fit_kwargs as _runner_fit_kwargs
 from bal_jax.atomic import atomic_dir
 from bal_jax.data import decode
 from bal_jax.keys import named_key
 from bal_jax.labeling import pool as pool_lib
 from bal_jax.labeling.config import LabelingError
 from bal_jax.models import VGG16
+from bal_jax.settings import TrainSettings
+from bal_jax.settings import fit_kwargs as _runner_fit_kwargs
 
 __all__ = [
     "cross_validate",
@@ -68,7 +68,7 @@ def train_pretext(
 ) -> VGG16:
     """Trains the rotation network on all images (SPEC Step 1).
 
-    Draws the same keys as `bal_jax.active_loop.pretext_outputs`, so a project and the
+    Draws the same keys as `bal_jax.features.pretext_outputs`, so a project and the
     runner given the same pool and key get the same network.
 
     Args:
