@@ -6,6 +6,8 @@ r"""Label your own images with BAL, one round at a time (a thin CLI over `Labeli
     python -m experiments.label import --workdir=runs/photos --labels=round0_labeled.csv
     python -m experiments.label next --workdir=runs/photos        # trains, picks round 1
     python -m experiments.label status --workdir=runs/photos
+    LABEL_STUDIO_API_KEY=... python -m experiments.label sync --workdir=runs/photos \
+        --label_studio_url=http://localhost:8080   # instead of import: rounds <-> Label Studio
     python -m experiments.label export --workdir=runs/photos --out=runs/photos_model
     python -m experiments.label predict --model=runs/photos_model --images=new/ --out=preds.csv
 
@@ -26,11 +28,11 @@ import numpy as np
 from absl import app, flags, logging
 
 from bal_jax.active_loop import TrainSettings
-from bal_jax.labeling import LabelingError, LabelingProject, ProjectConfig, predict_folder
+from bal_jax.labeling import LabelingError, LabelingProject, ProjectConfig, predict_folder, studio
 from bal_jax.labeling.config import FEATURE_SOURCES, replace_settings
 from bal_jax.labeling.models import read_meta
 
-COMMANDS = ("init", "next", "import", "status", "export", "predict")
+COMMANDS = ("init", "next", "import", "sync", "status", "export", "predict")
 
 _SETTINGS = {
     "pretext": ("pretext_epochs", "pretext_batch_size", "pretext_lr", "pretext_milestones"),
@@ -49,7 +51,12 @@ def define_flags() -> None:
     )
     flags.DEFINE_integer("k", None, "next: images to pick (default: the round's budget).")
     flags.DEFINE_bool("force", False, "next: go on though the last round is not labeled.")
-    flags.DEFINE_bool("add_classes", False, "import: unknown labels become classes.")
+    flags.DEFINE_bool("add_classes", False, "import/sync: unknown labels become classes.")
+    flags.DEFINE_string(
+        "label_studio_url",
+        None,
+        f"sync: the Label Studio server (access token in ${studio.API_KEY_ENV}).",
+    )
     flags.DEFINE_bool("cv", True, "status: cross-validated accuracy on the labels so far.")
     flags.DEFINE_string("out", None, "export: model folder; predict: CSV to write.")
     flags.DEFINE_string("model", None, "predict: an exported model (default: --workdir's).")
@@ -214,6 +221,14 @@ def run(command: str) -> None:
         print(f"label the {len(rnd.picks)} images listed in {rnd.csv_path}")
     elif command == "import":
         _open(command).import_labels(_need("labels", command), add_classes=flags.FLAGS.add_classes)
+    elif command == "sync":
+        url = _need("label_studio_url", command)
+        client = studio.connect(url, os.environ.get(studio.API_KEY_ENV))  # before any work
+        r = studio.sync(_open(command), url=url, client=client, add_classes=flags.FLAGS.add_classes)
+        print(
+            f"Label Studio project {r.ls_project} at {url}: {r.tasks} task(s), {r.uploaded} "
+            f"uploaded now; {r.imported} label(s) imported now, {r.pending} task(s) to label"
+        )
     elif command == "status":
         print(format_status(_open(command).status(cv=flags.FLAGS.cv)))
     elif command == "export":

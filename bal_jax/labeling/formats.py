@@ -31,6 +31,7 @@ __all__ = [
     "LabelRows",
     "Pick",
     "label_studio_config",
+    "parse_label_studio",
     "read_labels",
     "write_label_studio_tasks",
     "write_to_label_csv",
@@ -95,7 +96,7 @@ def read_labels(path: str) -> LabelRows:
             data = json.loads(text)
         except json.JSONDecodeError as e:
             raise LabelFileError(f"{path} is not valid JSON ({e})") from None
-        return _read_label_studio(path, data)
+        return parse_label_studio(path, data)
     return _read_csv(path, text)
 
 
@@ -141,7 +142,16 @@ def _choice(result: Sequence[dict]) -> list[str]:
     ]
 
 
-def _read_label_studio(path: str, data) -> LabelRows:
+def parse_label_studio(path: str, data) -> LabelRows:
+    """Label Studio tasks (a JSON or JSON_MIN export, or tasks read from its API) as rows.
+
+    Args:
+      path: where they came from, for messages.
+      data: the decoded JSON: a list of task dicts (or one task).
+
+    Returns:
+      One row per choice of each non-cancelled annotation, in task order.
+    """
     tasks = data if isinstance(data, list) else [data]
     if not all(isinstance(t, dict) for t in tasks):
         raise LabelFileError(f"{path}: expected a Label Studio export (a JSON list of tasks)")

@@ -245,15 +245,34 @@ class ProjectStore:
             parsed = formats.read_labels(path)
         except formats.LabelFileError as e:
             raise LabelingError(str(e)) from None
+        return self.import_parsed(
+            parsed, name=path, source=os.path.abspath(path), add_classes=add_classes
+        )
+
+    def import_parsed(
+        self, parsed: formats.LabelRows, *, name: str, source: str, add_classes: bool = False
+    ) -> dict | None:
+        """Checks parsed labels and journals them: the path every import takes (a labels
+        file, or annotations pulled from a Label Studio server by `studio.sync`).
+
+        Args:
+          parsed: rows from `formats.read_labels` or `formats.parse_label_studio`.
+          name: what messages call the labels' origin.
+          source: the journal entry's `source`.
+          add_classes: accept labels that are not classes yet (they become classes).
+
+        Returns:
+          The journal entry written, or None if every label was already imported.
+        """
         pid = self.state["project_id"]
         if parsed.projects and pid not in parsed.projects:
             raise LabelingError(
-                f"{path} was written for project {listed(sorted(parsed.projects))}, not for "
+                f"{name} was written for project {listed(sorted(parsed.projects))}, not for "
                 f"this one ({pid}); nothing imported"
             )
         if parsed.unannotated:
-            self.log(f"{path}: {parsed.unannotated} task(s) without an annotation were skipped")
-        return self._import_rows(parsed.rows, source=os.path.abspath(path), add_classes=add_classes)
+            self.log(f"{name}: {parsed.unannotated} task(s) without an annotation were skipped")
+        return self._import_rows(parsed.rows, source=source, add_classes=add_classes)
 
     def _gone(self) -> tuple[dict[str, str], set[str]]:
         """({id: content hash or ""} of images known to the project but not in the pool,
@@ -316,6 +335,7 @@ class ProjectStore:
         spelled = {c.casefold(): (c, f"the class {c!r}") for c in classes}
         found: dict[str, tuple[str, str]] = {}
         unknown, empty, new_classes, conflicts, cases = [], [], [], [], []
+        first_use = []  # each new class with the row that first names it
         removed, unreadable = [], []
         for where, ref, label in rows:
             image = resolve(ref)
@@ -337,6 +357,7 @@ class ProjectStore:
                 continue
             if label not in classes and label not in new_classes:
                 new_classes.append(label)
+                first_use.append(f"{label} ({where})")
             if image in found and found[image][1] != label:
                 first, other = found[image]
                 conflicts.append(f"{image} ({first}: {other}, {where}: {label})")
@@ -358,7 +379,7 @@ class ProjectStore:
             )
         if new_classes and not add_classes:
             problems.append(
-                f"unknown class(es) {listed(new_classes)} (classes: {listed(classes, 20)}; "
+                f"unknown class(es) {listed(first_use)} (classes: {listed(classes, 20)}; "
                 "pass --add_classes to add them)"
             )
         if problems:
