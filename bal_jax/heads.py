@@ -18,8 +18,8 @@ the `reference` rows, e.g. the whole unlabeled pool, which holds no label); the 
 mean cross-entropy plus ``l2 / 2 * ||W||^2``, minimised by L-BFGS (optax) for a fixed number
 of iterations (convex: enough iterations reach the optimum; the tests check it against the
 optimality condition). The L2 strength is chosen by stratified k-fold cross-validation on the
-labels themselves, never on a test split: all grid values and folds are solved at once with
-`jax.vmap`.
+labels themselves, never on a test split: all grid values and folds are solved in one jitted
+call (`jax.lax.map`).
 """
 
 from __future__ import annotations
@@ -147,9 +147,11 @@ def _solve(z_ND, onehot_NC, weight_N, l2, steps: int):
 
 @functools.partial(jax.jit, static_argnames=("num_classes", "steps"))
 def _fit_many(z_ND, labels_N, weights_GN, l2_G, *, num_classes: int, steps: int):
-    """One solve per row of `weights_GN` (fold masks) and `l2_G`, vmapped."""
+    """One solve per row of `weights_GN` (fold masks) and `l2_G`, one after another: `lax.map`
+    measured 4x faster than `vmap` here on a CPU (27 solves on 2,000 x 1,024 features: 5.8 s
+    against 25 s; the vmapped line search runs every lane to the slowest one)."""
     onehot = jax.nn.one_hot(labels_N, num_classes, dtype=jnp.float32)
-    return jax.vmap(lambda w, l2: _solve(z_ND, onehot, w, l2, steps))(weights_GN, l2_G)
+    return jax.lax.map(lambda a: _solve(z_ND, onehot, a[0], a[1], steps), (weights_GN, l2_G))
 
 
 def _standardise(feats_ND: np.ndarray, reference: np.ndarray | None):

@@ -152,7 +152,7 @@ def main(argv):
             f"{', '.join(f'{g:g}' for g in heads.L2_GRID)}); no test image chooses anything.",
             table(rows, sizes),
             "Test accuracy %, mean ± std over seeds; seconds per fit include the "
-            f"cross-validation ({len(heads.L2_GRID)} L2 values x 3 folds, vmapped) and the "
+            f"cross-validation ({len(heads.L2_GRID)} L2 values x 3 folds, one jitted call) and the "
             "final fit, on the shared 2-core CPU (the first fit of each shape includes XLA "
             "compilation).",
             paired(rows, sizes, "linear_flip", "linear") + ".",

@@ -27,10 +27,11 @@ import time
 import numpy as np
 from absl import app, flags, logging
 
-from bal_jax.active_loop import TrainSettings
+from bal_jax import parallel
 from bal_jax.labeling import LabelingError, LabelingProject, ProjectConfig, predict_folder, studio
 from bal_jax.labeling.config import FEATURE_SOURCES, replace_settings
 from bal_jax.labeling.models import read_meta
+from bal_jax.settings import TrainSettings
 
 COMMANDS = ("init", "next", "import", "sync", "status", "export", "predict")
 
@@ -93,6 +94,12 @@ def define_flags() -> None:
             f"{stage}milestones", None, f"{stage or 'main '}epochs where lr drops 10x."
         )
     flags.DEFINE_integer("eval_batch_size", None, "Inference batch size.")
+    flags.DEFINE_integer(
+        "cpu_devices",
+        None,
+        "XLA:CPU devices (default: one per core, a power of two up to 8; 1: one device). "
+        "Ignored when XLA_FLAGS sets a count; GPUs and TPUs are unaffected.",
+    )
 
 
 _FIELDS = {
@@ -268,6 +275,10 @@ def main(argv):
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
     std_logging.getLogger("absl").setLevel(std_logging.WARNING)
+    devices = flags.FLAGS.cpu_devices
+    if devices is not None and devices < 1:
+        sys.exit(f"error: --cpu_devices must be at least 1, got {devices}")
+    parallel.use_cpu_devices(devices)  # before any JAX computation
     t0 = time.perf_counter()
     try:
         run(argv[1])

@@ -35,6 +35,7 @@ LONG_FILES = (
     "distributed_test.py",
     "presets_e2e_test.py",
     "runner_cli_test.py",
+    "label_studio_test.py",
     "train_test.py",
     "benchmarks_test.py",
     "labeling_test.py",

@@ -68,8 +68,8 @@ def test_the_runners_linear_cycle_picks_the_same_images(folder, tmp_path):
     """One classifier step for both tools: labeling rounds with the linear head and an
     uncertainty method pick what `run_cycles(head_features=...)` picks on the same features."""
     images, truth = folder
-    config = dataclasses.replace(CONFIG, method="margin")
-    project, picks = run_rounds(str(tmp_path / "p"), images, truth, config, str(tmp_path))
+    config = dataclasses.replace(CONFIG, method="margin", rounds=2)
+    project, picks = run_rounds(str(tmp_path / "p"), images, truth, config, str(tmp_path), rounds=2)
     ids = project.pool.ids_N.tolist()
     labels = np.asarray([int(truth[i]) for i in ids], np.int32)
     pool = Split(project.pool.images_NHWC, labels)
