@@ -11,7 +11,8 @@
     project.export("model/")                    # then models.predict_folder("model/", ...)
 
 The command line `python -m experiments.label init|next|import|sync|status|export|predict`
-drives the same class; `sync` keeps it in step with a Label Studio server (`studio`). A project folder holds all its state:
+drives the same class; `sync` keeps it in step with a Label Studio server (`studio`).
+A project folder holds all its state:
 
     config.json     the settings it is bound to (a different configuration is refused)
     state.json      project id, images folder, classes, rounds' sizes, normalisation, beta
