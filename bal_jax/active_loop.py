@@ -138,18 +138,10 @@ def run_cycles(
             mesh=mesh,
             fit_kwargs=fit_kwargs(settings, mean, std, mesh),
         )
-    label_cycle = np.full(pool_size, -1, np.int32)
-    records: list[dict] = []
-    start = 0
-    if checkpointer is not None:
-        restored = checkpointer.restore(learner.state())
-        if restored is not None:
-            learner.load_state(restored.state)
-            label_cycle = restored.label_cycle.astype(np.int32)
-            records = list(restored.meta["records"])
-            start = restored.step
-            learner.digest = records[-1].get("model_digest") if records else None
-            log(f"[{method}] resumed after cycle {start} of {num_cycles}")
+    label_cycle, records = _resume(checkpointer, learner, pool_size)
+    start = len(records)
+    if start:
+        log(f"[{method}] resumed after cycle {start} of {num_cycles}")
 
     for cycle in range(start, num_cycles if stop_after is None else stop_after):
         times: dict[str, float] = {}
@@ -203,6 +195,18 @@ def run_cycles(
         if on_cycle is not None:
             on_cycle(record)
     return records
+
+
+def _resume(checkpointer, learner, pool_size: int) -> tuple[np.ndarray, list[dict]]:
+    """(label cycles, records) of the latest checkpoint, its model loaded into `learner`;
+    nothing labeled and no records without one."""
+    restored = None if checkpointer is None else checkpointer.restore(learner.state())
+    if restored is None:
+        return np.full(pool_size, -1, np.int32), []
+    learner.load_state(restored.state)
+    records = list(restored.meta["records"])
+    learner.digest = records[-1].get("model_digest") if records else None
+    return restored.label_cycle.astype(np.int32), records
 
 
 def _check_budget(method, counts, pool_size, context) -> None:

@@ -6,7 +6,8 @@
 #
 # One runner invocation on k-means patch features: every cycle fits a linear head on the
 # patch features of the labeled images and their mirror images (L2 by 3-fold cross-validation
-# on the labels; no VGG is trained), and its probabilities drive the uncertainty methods.
+# on the labels; no VGG is trained, so one XLA device), and its probabilities drive the
+# uncertainty methods.
 # Selectors: the paper's rule `bal` (on patch features), the documented BAL variants, the
 # low-budget peers TypiClust, ProbCover and MaxHerding, and random, confidence, margin,
 # Core-Set and BADGE. `experiments.compare` then adds the paired differences of every
@@ -16,7 +17,7 @@ cd "$(dirname "$0")/../../.."
 seeds="${SEEDS:-0,1,2,3,4}"
 methods="${METHODS:-bal,bal_switch,bal_typical,typiclust,probcover,maxherding,random,confidence,margin,coreset,badge}"
 python -m experiments.main --config=cifar10_cpu --budget=small "--seeds=$seeds" --pretext_seed=0 \
-  --pretext=patches --classifier=linear "--method=$methods" \
+  --pretext=patches --classifier=linear "--method=$methods" --cpu_devices=1 \
   --workdir=runs/cifar10_cpu_small_linear
 python -m experiments.compare \
   "--run=runs/cifar10_cpu_small_linear:$methods" \
