@@ -174,6 +174,28 @@ def _bind_workdir(workdir: str, c: Config, ndev: int = 1) -> None:
         )
 
 
+def _images_digest(d: Data) -> str:
+    """Which images, in which order, a cache of features belongs to (the cache folder is
+    keyed by settings; a dataset read from another source can hold the same images in
+    another order)."""
+    h = hashlib.sha256("\n".join(map(str, d.pool_ids)).encode())
+    for split in (d.val, d.test):
+        h.update(np.ascontiguousarray(split.images).tobytes())
+    return h.hexdigest()[:16]
+
+
+def _cached(path: str, d: Data, log) -> dict | None:
+    """The cached arrays at `path`, or None when absent or made for other images (caches
+    written before the digest was recorded are trusted)."""
+    if not os.path.exists(path):
+        return None
+    z = np.load(path)
+    if "images" in z.files and str(z["images"]) != _images_digest(d):
+        log(f"{path} was computed on other images (or another order): computing it again")
+        return None
+    return z
+
+
 def _save_npz(path: str, **arrays) -> None:
     with atomic_path(path, suffix=".npz") as tmp:
         np.savez(tmp, **arrays)
@@ -256,8 +278,8 @@ def _seed_context(
     pretext_key = jax.random.key(pretext_seed)
     path = os.path.join(pretext_cache_dir(c, pretext_dir), f"seed{pretext_seed}.npz")
     val_feats = None
-    if os.path.exists(path):
-        z = np.load(path)
+    z = _cached(path, d, log)
+    if z is not None:
         feats, losses = z["features"], z["losses"]
         val_feats = z["val_features"] if "val_features" in z.files else None
         info = json.loads(str(z["info"]))
@@ -291,7 +313,14 @@ def _seed_context(
         info = {f"{k}_s": round(v, 2) for k, v in outs.seconds.items()}
         extra = {} if val_feats is None else {"val_features": val_feats}
         if is_primary():
-            _save_npz(path, features=feats, losses=losses, info=json.dumps(info), **extra)
+            _save_npz(
+                path,
+                features=feats,
+                losses=losses,
+                info=json.dumps(info),
+                images=_images_digest(d),
+                **extra,
+            )
         barrier("pretext features saved")
         log(f"pretext training {info['pretext_s']:.1f}s, features {info['features_s']:.1f}s")
     if val_feats is not None and d.val.labels.size > 1:
@@ -342,8 +371,8 @@ def _head_features(c: Config, d: Data, seed: int, pretext_dir: str, log) -> Head
     flip = c.augment == "crop_flip"
     name = f"seed{pretext_seed}_head{'_flip' if flip else ''}.npz"
     path = os.path.join(pretext_cache_dir(c, pretext_dir), name)
-    if os.path.exists(path):
-        z = np.load(path)
+    z = _cached(path, d, log)
+    if z is not None:
         return HeadFeatures(z["pool"], z["test"], z["val"])
     t0 = time.perf_counter()
     key = named_key(named_key(jax.random.key(pretext_seed), "pretext"), "patches")
@@ -356,7 +385,9 @@ def _head_features(c: Config, d: Data, seed: int, pretext_dir: str, log) -> Head
 
     out = HeadFeatures(views(d.pool.images), views(d.test.images), views(d.val.images))
     if is_primary():
-        _save_npz(path, pool=out.pool, test=out.evaluation, val=out.validation)
+        _save_npz(
+            path, pool=out.pool, test=out.evaluation, val=out.validation, images=_images_digest(d)
+        )
     barrier("head features saved")
     log(f"linear head features {time.perf_counter() - t0:.1f}s ({out.pool.shape[-1]} dimensions)")
     return out

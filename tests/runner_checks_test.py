@@ -89,6 +89,29 @@ def test_pretext_cache_key_holds_the_code_version(tmp_path, monkeypatch):
     assert pipeline.pretext_cache_dir(cfg, str(tmp_path)) != first
 
 
+def test_cached_features_of_other_images_are_computed_again(tmp_path):
+    """The cache folder is keyed by settings; the file also records which images (ids and
+    order, validation and test bytes) it was computed on, so a dataset read from another
+    source (a tfds copy, a prepared file) never reuses features of other images."""
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (6, 4, 4, 1), dtype=np.uint8)
+    split = Split(images, np.arange(6) % 2)
+    d = pipeline.Data("toy", split, split, split, np.arange(6), ("a", "b"), (0.5,), (0.2,))
+    path = str(tmp_path / "seed0.npz")
+    lines = []
+    assert pipeline._cached(path, d, lines.append) is None  # nothing cached yet
+    pipeline._save_npz(path, features=np.ones((6, 2)), images=pipeline._images_digest(d))
+    assert pipeline._cached(path, d, lines.append)["features"].shape == (6, 2)
+    reordered = dataclasses.replace(d, pool_ids=np.arange(6)[::-1])
+    assert pipeline._cached(path, reordered, lines.append) is None
+    other_test = dataclasses.replace(d, test=Split(255 - images, split.labels))
+    assert pipeline._cached(path, other_test, lines.append) is None
+    assert len(lines) == 2 and "computed on other images" in lines[0]
+    # A file written before the record existed is trusted, as before.
+    pipeline._save_npz(path, features=np.ones((6, 2)))
+    assert pipeline._cached(path, reordered, lines.append) is not None
+
+
 def test_pretext_cache_key_separates_pretext_settings_not_budgets_or_seeds(tmp_path):
     # What the pretext network depends on makes a new folder; the budget, the methods and the
     # main-task schedule do not (the runner test shows a second run loading the features).
