@@ -18,12 +18,20 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 
-__all__ = ["atomic_dir", "atomic_path", "default_dir_mode", "default_file_mode"]
+__all__ = [
+    "atomic_dir",
+    "atomic_path",
+    "default_dir_mode",
+    "default_file_mode",
+    "write_json",
+    "write_text",
+]
 
 
 def _umask() -> int:
@@ -119,3 +127,14 @@ def atomic_dir(path: str) -> Iterator[str]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def write_text(path: str, text: str, *, sync: bool = False) -> None:
+    """Writes `text` to `path` via a temporary file and a rename: never half a file."""
+    with atomic_path(path, sync=sync) as tmp, open(tmp, "w", newline="") as f:
+        f.write(text)
+
+
+def write_json(path: str, obj, *, sync: bool = False) -> None:
+    """Writes `obj` as indented, key-sorted JSON, atomically."""
+    write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n", sync=sync)

@@ -27,6 +27,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from bal_jax.atomic import write_text
 from bal_jax.parallel import barrier, is_primary
 
 
@@ -151,9 +152,6 @@ class ModelStore:
         self._ckptr.save(state_path, state)
         self._ckptr.wait_until_finished()
         if is_primary():
-            tmp = f"{meta_path}.tmp-{os.getpid()}"
-            with open(tmp, "w") as f:
-                json.dump(meta, f)
-            os.replace(tmp, meta_path)
+            write_text(meta_path, json.dumps(meta))
         # Every process sees the entry complete before any looks for it again.
         barrier(f"model store: {digest} saved")

@@ -12,13 +12,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from bal_jax.atomic import atomic_path
+from bal_jax.atomic import atomic_path, write_text
 
-
-def atomic_write(path: str, text: str) -> None:
-    """Writes `text` to `path` via a temporary file and a rename: never half a file."""
-    with atomic_path(path) as tmp, open(tmp, "w") as f:
-        f.write(text)
+# Reports and records are written whole or not at all.
+atomic_write = write_text
 
 
 def write_jsonl(path: str, records: Sequence[dict]) -> None:

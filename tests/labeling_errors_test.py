@@ -232,7 +232,7 @@ def test_a_folder_without_a_complete_export_is_one_sentence(tmp_path):
 def test_label_writers_are_atomic_with_the_usual_mode(tmp_path, monkeypatch):
     path = str(tmp_path / "state.json")
     write_json(path, {"a": 1})
-    formats._atomic_text(str(tmp_path / "to_label.csv"), "id,path\n")
+    formats.write_text(str(tmp_path / "to_label.csv"), "id,path\n")
     save_npz(str(tmp_path / "pool.npz"), {"x": np.arange(3)})
     for name in ("state.json", "to_label.csv", "pool.npz"):
         assert stat.S_IMODE(os.stat(tmp_path / name).st_mode) == atomic.default_file_mode()

@@ -15,6 +15,7 @@ import dataclasses
 import json
 import os
 
+from bal_jax.atomic import write_json
 from bal_jax.budgets import BUDGETS, cycle_counts
 from bal_jax.embeddings import FORMATS as EMBEDDING_FORMATS
 from bal_jax.labeling import formats
@@ -232,10 +233,7 @@ def bind(workdir: str, config_json: dict, images: str) -> None:
                 raise LabelingError(f"project {workdir} labels {bound}, not {images}")
         return
     os.makedirs(workdir, exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(config_json, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
+    write_json(path, config_json)
 
 
 def folder_classes(

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from typing import NamedTuple
 from xml.sax.saxutils import quoteattr
 
-from bal_jax.atomic import atomic_path
+from bal_jax.atomic import write_text
 from bal_jax.labeling.pool import IMAGE_EXTENSIONS
 
 __all__ = [
@@ -191,11 +191,6 @@ def _strip_ls_prefix(url: str) -> str:
     return url
 
 
-def _atomic_text(path: str, text: str) -> None:
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
-        f.write(text)
-
-
 def write_to_label_csv(path: str, picks: Sequence[Pick]) -> None:
     """Writes a round's work list: id,path,label,suggested_label,confidence (label empty).
 
@@ -207,7 +202,7 @@ def write_to_label_csv(path: str, picks: Sequence[Pick]) -> None:
     for p in picks:
         conf = "" if p.confidence is None else f"{p.confidence:.4f}"
         w.writerow([p.id, p.path, "", p.suggested or "", conf])
-    _atomic_text(path, buf.getvalue())
+    write_text(path, buf.getvalue())
 
 
 def write_label_studio_tasks(
@@ -246,7 +241,7 @@ def write_label_studio_tasks(
                 }
             ]
         tasks.append(task)
-    _atomic_text(path, json.dumps(tasks, indent=1) + "\n")
+    write_text(path, json.dumps(tasks, indent=1) + "\n")
 
 
 def label_studio_config(classes: Sequence[str]) -> str:

@@ -24,7 +24,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from bal_jax import heads, train
-from bal_jax.atomic import atomic_dir
+from bal_jax.atomic import atomic_dir, write_text
 from bal_jax.data import decode
 from bal_jax.keys import named_key
 from bal_jax.labeling import pool as pool_lib
@@ -355,10 +355,7 @@ def predict_folder(
         f"{_csv_field(i)},{_csv_field(classes[p])},{c:.4f}"
         for i, p, c in zip(ids, pred, probs.max(axis=1), strict=True)
     ]
-    tmp = out + ".tmp"
-    with open(tmp, "w") as f:
-        f.write("\n".join(lines) + "\n")
-    os.replace(tmp, out)
+    write_text(out, "\n".join(lines) + "\n")
     truth = [i.split("/", 1)[0] if "/" in i else None for i in ids]
     has = [n for n, t in enumerate(truth) if t in classes]
     acc = None

@@ -18,7 +18,7 @@ from collections.abc import Callable
 import jax
 import numpy as np
 
-from bal_jax.atomic import atomic_path
+from bal_jax.atomic import atomic_path, write_json
 from bal_jax.keys import named_key
 from bal_jax.labeling import featurize, formats
 from bal_jax.labeling import pool as pool_lib
@@ -27,13 +27,6 @@ from bal_jax.labeling.journal import Journal
 from bal_jax.methods import bal_order
 
 __all__ = ["ProjectStore", "read_json", "save_npz", "write_json"]
-
-
-def write_json(path: str, obj) -> None:
-    """Writes `obj` as JSON via a temporary file and a rename."""
-    with atomic_path(path) as tmp, open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-        f.write("\n")
 
 
 def save_npz(path: str, arrays: dict) -> None:
