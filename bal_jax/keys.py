@@ -21,7 +21,7 @@ import zlib
 import jax
 import numpy as np
 
-from bal_jax.methods import HOT_START
+from bal_jax.methods import HOT_START, SWITCH_SELECTORS
 
 __all__ = [
     "TRAIN_CODE_VERSION",
@@ -55,12 +55,11 @@ def main_train_key(key: jax.Array, cycle: int) -> jax.Array:
 def cycle_key(key: jax.Array, method: str, cycle: int) -> jax.Array:
     """The per-cycle key of `method` (its prediction and selection keys derive from it).
 
-    ``bal_switch``'s typical cycles are TypiClust's own picks (the same keys), so the two
-    share their trained models and differ only from the switch on.
+    ``bal_switch``'s typical cycles are TypiClust's own picks (the same keys), and
+    ``bal_herding``'s MaxHerding's, so each shares its selector's trained models and differs
+    only from the switch on.
     """
-    return jax.random.fold_in(
-        named_key(key, "typiclust" if method == "bal_switch" else method), cycle
-    )
+    return jax.random.fold_in(named_key(key, SWITCH_SELECTORS.get(method, method)), cycle)
 
 
 def selection_key(key: jax.Array, method: str, cycle: int) -> jax.Array:

@@ -39,21 +39,26 @@ METHODS = (
     "bal_switch",
     "probcover",
     "maxherding",
+    "bal_herding",
 )
+# BAL variants that pick with a low-budget selector while fewer than `switch_fraction` of the
+# pool is labeled, and with the paper's BAL after (`switch_cycle`): TypiClust's typical images
+# or MaxHerding's coverage.
+SWITCH_SELECTORS = {"bal_switch": "typiclust", "bal_herding": "maxherding"}
 # Methods that choose their own first labeled set; the rest start from a random set that
 # is shared by all of them for a given seed.
 HOT_START = frozenset(
-    {"bal", "pt4al", "typiclust", "bal_typical", "bal_switch", "probcover", "maxherding"}
+    {"bal", "pt4al", "typiclust", "bal_typical", "probcover", "maxherding", *SWITCH_SELECTORS}
 )
 # What each method needs from the main model of the previous cycle.
 NEEDS_PROBS = frozenset(
-    {"bal", "pt4al", "confidence", "entropy", "margin", "badge", "bal_typical", "bal_switch"}
+    {"bal", "pt4al", "confidence", "entropy", "margin", "badge", "bal_typical", *SWITCH_SELECTORS}
 )
 # Methods that draw from BAL's sub-pools and so need a beta (paper Eq. 9).
-NEEDS_BETA = frozenset({"bal", "bal_typical", "bal_switch"})
+NEEDS_BETA = frozenset({"bal", "bal_typical", *SWITCH_SELECTORS})
 # Methods that select with the pretext features.
 NEEDS_PRETEXT = frozenset(
-    {"bal", "pt4al", "typiclust", "bal_typical", "bal_switch", "probcover", "maxherding"}
+    {"bal", "pt4al", "typiclust", "bal_typical", "probcover", "maxherding", *SWITCH_SELECTORS}
 )
 NEEDS_FEATURES = frozenset({"coreset", "badge"})
 NEEDS_MC_DROPOUT = frozenset({"dbal"})
@@ -388,7 +393,7 @@ def needs_beta(
     """
     if method not in NEEDS_BETA or (method == "bal" and uniform_subpools):
         return False
-    if method == "bal_switch":
+    if method in SWITCH_SELECTORS:
         return switch_cycle(counts, pool_size=pool_size, switch_fraction=switch_fraction) < len(
             counts
         )
@@ -416,9 +421,11 @@ def select(
     """
     labeled_mask = np.asarray(labeled_mask, bool)
     unlabeled = ~labeled_mask
-    if method == "bal_switch" and labeled_mask.sum() < context.switch_fraction * labeled_mask.size:
-        method = "typiclust"  # low budget: typical first (see `switch_cycle`)
-    if method in ("bal", "bal_switch"):
+    if method in SWITCH_SELECTORS:
+        below = labeled_mask.sum() < context.switch_fraction * labeled_mask.size
+        # Low budget: typical / covering picks first, then the paper's BAL (`switch_cycle`).
+        method = SWITCH_SELECTORS[method] if below else "bal"
+    if method == "bal":
         return bal_select(
             key,
             order=context.bal_order,

@@ -116,7 +116,8 @@ flags.DEFINE_enum(
 flags.DEFINE_float(
     "switch_fraction",
     None,
-    "bal_switch: typical picks while fewer than this fraction of the pool is labeled (0.1).",
+    "bal_switch / bal_herding: TypiClust / MaxHerding picks while fewer than this fraction of "
+    "the pool is labeled (0.1).",
 )
 flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"], "Compute dtype (bf16: GPU/TPU only).")
 flags.DEFINE_integer("steps_per_dispatch", None, "Optimizer steps per jitted call (GPU/TPU).")

@@ -54,6 +54,7 @@ from bal_jax.learners import HeadFeatures
 from bal_jax.methods import (
     NEEDS_BETA,
     NEEDS_PRETEXT,
+    SWITCH_SELECTORS,
     SelectionContext,
     bal_order,
     needs_beta,
@@ -238,7 +239,7 @@ PRETEXT_FIELDS = (
 PRETEXT_DEFAULTS = {"pretext": "rotation", "feature_layer": "final", "simclr_lr": 1e-3}
 # Documented variants of BAL (the paper's is `bal`): each has its own beta search and paired
 # differences in the summary.
-VARIANTS = ("bal_typical", "bal_switch")
+VARIANTS = ("bal_typical", "bal_switch", "bal_herding")
 # Neighbours of the validation-split kNN accuracy of the pretext features (issue 11).
 KNN_K = 20
 
@@ -559,10 +560,11 @@ def run_experiment(
                 plan.counts,
                 pool_size=d.pool.images.shape[0],
                 switch_fraction=c.switch_fraction,
-            ):  # bal_switch below its switch throughout
+            ):  # bal_switch / bal_herding below the switch throughout
                 log(
-                    f"bal_switch: every cycle starts below --switch_fraction={c.switch_fraction:g}"
-                    " of the pool, so it picks typical images throughout and needs no beta"
+                    f"{variant}: every cycle starts below --switch_fraction="
+                    f"{c.switch_fraction:g} of the pool, so it picks with "
+                    f"{SWITCH_SELECTORS[variant]} throughout and needs no beta"
                 )
                 variant_beta[variant] = None
                 continue

@@ -160,12 +160,16 @@ def test_needs_beta_only_where_bals_sub_pools_are_drawn_from():
     assert not methods.needs_beta("random", counts, **kw)
     assert not methods.needs_beta("typiclust", counts, **kw)
     # bal_switch: only when the budget reaches its switch.
-    assert not methods.needs_beta("bal_switch", counts, **kw)
-    assert methods.needs_beta("bal_switch", counts, pool_size=n, switch_fraction=0.05)
+    for variant in ("bal_switch", "bal_herding"):
+        assert not methods.needs_beta(variant, counts, **kw)
+        assert methods.needs_beta(variant, counts, pool_size=n, switch_fraction=0.05)
 
 
-@pytest.mark.parametrize("fraction", [0.0, 0.05, 1.0])
-def test_bal_switch_is_typiclust_then_the_papers_bal(fraction):
+@pytest.mark.parametrize(
+    ("variant", "fraction"),
+    [(v, f) for v in methods.SWITCH_SELECTORS for f in (0.0, 0.05, 1.0)],
+)
+def test_switch_variants_are_their_selector_then_the_papers_bal(variant, fraction):
     rng = np.random.default_rng(7)
     feats, order, probs = _setup(rng)
     context = methods.SelectionContext(
@@ -183,8 +187,8 @@ def test_bal_switch_is_typiclust_then_the_papers_bal(fraction):
             context=context,
             preds=methods.PoolPredictions(probs_NC=probs),
         )
-        got = methods.select("bal_switch", key, **kw)
-        same_as = "typiclust" if cycle < switch else "bal"
+        got = methods.select(variant, key, **kw)
+        same_as = methods.SWITCH_SELECTORS[variant] if cycle < switch else "bal"
         np.testing.assert_array_equal(got, methods.select(same_as, key, **kw))
         labeled = labeled.copy()
         labeled[got] = True
