@@ -10,7 +10,8 @@
 # uncertainty methods.
 # Selectors: the paper's rule `bal` (on patch features), the documented BAL variants, the
 # low-budget peers TypiClust, ProbCover and MaxHerding, and random, confidence, margin,
-# Core-Set and BADGE. `experiments.compare` then adds the paired differences of every
+# Core-Set and BADGE (bal_herding equals MaxHerding below the 10 % switch, so it runs in the
+# cold-start form below). `experiments.compare` then adds the paired differences of every
 # BAL-family row against every other method.
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
@@ -19,8 +20,14 @@ methods="${METHODS:-bal,bal_switch,bal_typical,typiclust,probcover,maxherding,ra
 python -m experiments.main --config=cifar10_cpu --budget=small "--seeds=$seeds" --pretext_seed=0 \
   --pretext=patches --classifier=linear "--method=$methods" --cpu_devices=1 \
   --workdir=runs/cifar10_cpu_small_linear
+# The switch variants as a cold start only (--switch_fraction=0.02: TypiClust's / MaxHerding's
+# picks for the first 2 %, the paper's BAL after), reported as bal_switch_cold / bal_herding_cold.
+python -m experiments.main --config=cifar10_cpu --budget=small "--seeds=$seeds" --pretext_seed=0 \
+  --pretext=patches --classifier=linear --method=bal_herding,bal_switch,random --cpu_devices=1 \
+  --switch_fraction=0.02 --workdir=runs/cifar10_cpu_small_linear_cold
 python -m experiments.compare \
   "--run=runs/cifar10_cpu_small_linear:$methods" \
-  --reference=bal,bal_switch,bal_typical \
+  --run=runs/cifar10_cpu_small_linear_cold:bal_herding=bal_herding_cold,bal_switch=bal_switch_cold,random \
+  --reference=bal,bal_switch,bal_typical,bal_herding_cold,bal_switch_cold \
   --title="CIFAR-10 at CPU scale, small budget, linear head on k-means patch features" \
   --out=experiments/reports/cifar10_cpu_linear
