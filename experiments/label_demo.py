@@ -34,15 +34,10 @@ def define_flags() -> None:
     flags.DEFINE_integer("seed", 0, "Which images are copied, and the project's seed.")
     flags.DEFINE_list(
         "settings",
-        [
-            "--width=0.125",
-            "--pretext_epochs=12",
-            "--pretext_milestones=9",
-            "--epochs=30",
-            "--batch_size=32",
-            "--milestones=24",
-        ],
-        "init flags for the networks.",
+        [],
+        "More init flags (default: none, the labeling defaults). The paper's setting of the "
+        "README: --features=rotation,--method=bal,--classifier=vgg,--width=0.125,"
+        "--pretext_epochs=12,--pretext_milestones=9,--epochs=30,--batch_size=32,--milestones=24",
     )
 
 

@@ -1,4 +1,4 @@
-"""Labeling with the default setting (patch features, bal_switch, linear head) and with a
+"""Labeling with the default setting (patch features, bal_herding, linear head) and with a
 file of the user's own embeddings, end to end on digits PNGs at toy size."""
 
 import dataclasses
@@ -39,7 +39,7 @@ def test_default_setting_rounds_status_export_predict(folder, tmp_path):
     images, truth = folder
     assert (CONFIG.features, CONFIG.method, CONFIG.classifier) == (
         "patches",
-        "bal_switch",
+        "bal_herding",
         "linear",
     )
     project, picks = run_rounds(str(tmp_path / "p"), images, truth, CONFIG, str(tmp_path))
@@ -47,7 +47,7 @@ def test_default_setting_rounds_status_export_predict(folder, tmp_path):
     assert project.head_features.shape == (120, 2, 1024)  # upright + mirror, 4 x 256 centres
     status = project.status()
     assert status["cv"]["num_labels"] == 30 and 0 <= status["cv"]["mean"] <= 1
-    assert status["method"] == "bal_switch"
+    assert status["method"] == "bal_herding"
     project.export(str(tmp_path / "model"))
     # The export is self-contained: predict works with the project folder gone.
     shutil.rmtree(str(tmp_path / "p"))

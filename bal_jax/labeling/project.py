@@ -9,7 +9,7 @@
     project.export("model/")            # latest classifier (linear head or VGG16)
 
 The features, selection method and classifier are the project's settings (`ProjectConfig`:
-by default patch features, `bal_switch` and a linear head; the paper's setting is rotation
+by default patch features, `bal_herding` and a linear head; the paper's setting is rotation
 features, `bal` and VGG16). Every method re-reads the project folder, so each can be killed
 and re-run; see the package docstring for the folder's layout. Random draws are derived from
 the seed exactly as in `bal_jax.active_loop.run_cycles` (pretext, K-means, main model,
@@ -346,7 +346,8 @@ class LabelingProject(ProjectStore):
 
         Round r is the runner's cycle r of the same method (`_select`): round 0 needs no
         model (with `bal`: the first k images of the first sub-pool in CDD order; with
-        `bal_switch` / `typiclust`: typical images); later rounds first fit the classifier
+        `bal_switch` / `typiclust`: typical images; with `bal_herding` / `maxherding`:
+        MaxHerding's coverage picks); later rounds first fit the classifier
         (linear head or VGG16) on all labels so far, whose probabilities drive the
         uncertainty picks (with `bal`: the least confident images of the round's sub-pool,
         paper Eq. 6-8).
