@@ -358,36 +358,40 @@ def prepare_dataset(
     return path
 
 
-_DATASET = flags.DEFINE_enum("dataset", None, list(SOURCES), "The dataset to prepare.")
-_DATA_DIR = flags.DEFINE_string(
-    "data_dir",
-    None,
-    "Where to prepare it: the runner's --data_dir (default $TFDS_DATA_DIR or "
-    "~/tensorflow_datasets).",
-)
-_MIRROR = flags.DEFINE_string("mirror", None, "Base URL serving the official file names.")
-_KEEP = flags.DEFINE_bool("keep_downloads", False, "Keep the downloaded files.")
-_TIMEOUT = flags.DEFINE_float("timeout_s", 30.0, "Network timeout in seconds.")
+def define_flags() -> None:
+    """The command's flags (defined on demand: other commands own some of the names)."""
+    flags.DEFINE_enum("dataset", None, list(SOURCES), "The dataset to prepare.")
+    flags.DEFINE_string(
+        "data_dir",
+        None,
+        "Where to prepare it: the runner's --data_dir (default $TFDS_DATA_DIR or "
+        "~/tensorflow_datasets).",
+    )
+    flags.DEFINE_string("mirror", None, "Base URL serving the official file names.")
+    flags.DEFINE_bool("keep_downloads", False, "Keep the downloaded files.")
+    flags.DEFINE_float("timeout_s", 30.0, "Network timeout in seconds.")
 
 
 def main(argv):
+    f = flags.FLAGS
     if len(argv) > 1:
         sys.exit(f"error: unexpected arguments {argv[1:]}")
-    if _DATASET.value is None:
+    if f.dataset is None:
         sys.exit(f"error: name the dataset, --dataset={'|'.join(SOURCES)}")
     try:
         prepare_dataset(
-            _DATASET.value,
-            data_dir=_DATA_DIR.value,
-            mirror=_MIRROR.value,
-            keep_downloads=_KEEP.value,
-            timeout_s=_TIMEOUT.value,
+            f.dataset,
+            data_dir=f.data_dir,
+            mirror=f.mirror,
+            keep_downloads=f.keep_downloads,
+            timeout_s=f.timeout_s,
         )
     except (PrepareError, OSError) as e:
         sys.exit(f"error: {e}")
-    data_dir = f" --data_dir={_DATA_DIR.value}" if _DATA_DIR.value else ""
-    print(f"Run it with: python -m experiments.main --dataset={_DATASET.value}{data_dir}")
+    data_dir = f" --data_dir={f.data_dir}" if f.data_dir else ""
+    print(f"Run it with: python -m experiments.main --dataset={f.dataset}{data_dir}")
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)
