@@ -5,11 +5,14 @@
     picked = bal_jax.bal_select(key, order=order, labeled_mask=labeled_N, cycle=c,
                                 num_cycles=5, k=1000, beta=1.2, probs=probs_NC)
 
-Submodules: `kmeans`, `subpools`, `sampling`, `methods`, `typical` (the `bal_typical`
-variant), `patch_features` (k-means patch features, no network), `diagnostics` (feature
-quality), `budgets`, `models`, `train`, `data`, `parallel`,
-`precision`, `active_loop`, `checkpoint`, `labeling` (`LabelingProject`: label your own
-images round by round).
+Submodules: `kmeans`, `subpools`, `sampling` (uncertainty, random), `diversity` (Core-Set,
+BADGE, TypiClust), `coverage` (ProbCover, MaxHerding), `methods`, `typical` (the
+`bal_typical` variant), `features` (the feature stage: rotation, SimCLR, patches),
+`patch_features` (k-means patch features, no network), `embeddings` (your own embeddings
+files), `heads` and `learners` (the classifier step: VGG16 or a linear head), `keys` (every
+random draw, model digests), `settings`, `diagnostics` (feature quality), `budgets`, `models`,
+`train`, `data`, `parallel`, `precision`, `active_loop` (the cycles), `checkpoint`, `labeling`
+(`LabelingProject`: label your own images round by round).
 """
 
 from bal_jax import data as data
