@@ -21,8 +21,12 @@ TINY = [
 def runner_env():
     """The environment of the runner subprocesses: XLA's unoptimised backend compiles these toy
     programs about a third faster, and every number these tests compare comes from runs that
-    share it (nothing is compared against an in-process computation)."""
+    share it (nothing is compared against an in-process computation). One XLA device: the two
+    pytest workers already keep both cores busy, so the runner's per-core default would only
+    add sharded compilations (tests/cpu_devices_test.py tests that default)."""
     flags = os.environ.get("XLA_FLAGS", "")
+    if "xla_force_host_platform_device_count" not in flags:
+        flags += " --xla_force_host_platform_device_count=1"
     return dict(os.environ, XLA_FLAGS=f"{flags} --xla_backend_optimization_level=0".strip())
 
 
