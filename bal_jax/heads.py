@@ -46,9 +46,8 @@ __all__ = [
 # Candidate L2 strengths (on standardised features; the mean loss makes them independent of
 # the number of labels' scale). Wide enough for 10..10,000 labels and 64..4,096 dimensions.
 L2_GRID = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0, 3.0, 10.0)
-# L-BFGS iterations of one fit: the tests check that the gradient is then ~0. On the CIFAR-10
-# patch features 50 iterations gave the test accuracy of 200 to within 0.02 points at 300,
-# 1,000 and 3,000 labels, 3-4x faster.
+# L-BFGS iterations of one fit: the tests check that the gradient is then ~0, and 50 reach the
+# objective of 200 to 6 decimals at 2,000 x 1,024 (`python -m benchmarks.linear_head`).
 _STEPS = 50
 
 
@@ -148,8 +147,8 @@ def _solve(z_ND, onehot_NC, weight_N, l2, steps: int):
 @functools.partial(jax.jit, static_argnames=("num_classes", "steps"))
 def _fit_many(z_ND, labels_N, weights_GN, l2_G, *, num_classes: int, steps: int):
     """One solve per row of `weights_GN` (fold masks) and `l2_G`, one after another: `lax.map`
-    measured 4x faster than `vmap` here on a CPU (27 solves on 2,000 x 1,024 features: 5.8 s
-    against 25 s; the vmapped line search runs every lane to the slowest one)."""
+    is 6x as fast as `vmap` on a CPU (the vmapped line search runs every lane to the slowest
+    one; `python -m benchmarks.linear_head`)."""
     onehot = jax.nn.one_hot(labels_N, num_classes, dtype=jnp.float32)
     return jax.lax.map(lambda a: _solve(z_ND, onehot, a[0], a[1], steps), (weights_GN, l2_G))
 
@@ -177,6 +176,17 @@ def _check(feats_ND, labels_N, num_classes: int):
     return feats_ND, labels_N.astype(np.int32)
 
 
+def _rows(feats_ND, labels_N, num_classes: int, reference, mirrored):
+    """The checked, standardised rows a head is fitted on: the images, then their mirror
+    images (if given) with the same labels. Returns (z rows, row labels, mean, scale)."""
+    feats_ND, labels_N = _check(feats_ND, labels_N, num_classes)
+    mean, scale = _standardise(feats_ND, reference)
+    if mirrored is not None:
+        feats_ND = np.concatenate([feats_ND, _check(mirrored, labels_N, num_classes)[0]])
+        labels_N = np.concatenate([labels_N, labels_N])
+    return jnp.asarray((feats_ND - mean) / scale), labels_N, mean, scale
+
+
 def fit_linear(
     feats_ND,
     labels_N,
@@ -201,15 +211,10 @@ def fit_linear(
         two views).
       steps: L-BFGS iterations.
     """
-    feats_ND, labels_N = _check(feats_ND, labels_N, num_classes)
-    mean, scale = _standardise(feats_ND, reference)
-    if mirrored is not None:
-        feats_ND = np.concatenate([feats_ND, _check(mirrored, labels_N, num_classes)[0]])
-        labels_N = np.concatenate([labels_N, labels_N])
-    z = (feats_ND - mean) / scale
+    z, row_labels, mean, scale = _rows(feats_ND, labels_N, num_classes, reference, mirrored)
     w, b = _fit_many(
-        jnp.asarray(z),
-        jnp.asarray(labels_N),
+        z,
+        jnp.asarray(row_labels),
         jnp.ones((1, z.shape[0]), jnp.float32),
         jnp.asarray([l2], jnp.float32),
         num_classes=num_classes,
@@ -244,18 +249,14 @@ def cross_validate_l2(
     """Stratified `folds`-fold accuracy of every L2 in `grid`; the best (ties: the larger L2,
     the simpler model) is chosen. Uses the labels only; an image and its mirror (`mirrored`)
     always fall in the same fold, and a held-out image is scored as `probs` scores it."""
-    feats_ND, labels_N = _check(feats_ND, labels_N, num_classes)
-    if folds < 2 or labels_N.size < folds:
+    z, row_labels, _, _ = _rows(feats_ND, labels_N, num_classes, reference, mirrored)
+    labels_N = np.asarray(labels_N)
+    n = labels_N.size
+    if folds < 2 or n < folds:
         raise ValueError(f"need at least {folds} >= 2 labels for {folds}-fold cross-validation")
     grid = tuple(float(g) for g in grid)
-    n = labels_N.size
-    mean, scale = _standardise(feats_ND, reference)
-    fold = stratified_folds(key, labels_N, folds)
-    rows, row_labels, row_fold = feats_ND, labels_N, fold
-    if mirrored is not None:
-        rows = np.concatenate([feats_ND, _check(mirrored, labels_N, num_classes)[0]])
-        row_labels, row_fold = np.concatenate([labels_N] * 2), np.concatenate([fold] * 2)
-    z = jnp.asarray((rows - mean) / scale)
+    # An image and its mirror (rows i and n + i) share a fold.
+    row_fold = np.tile(stratified_folds(key, labels_N, folds), z.shape[0] // n)
     train_GN = np.stack([(row_fold != f) for f in range(folds) for _ in grid]).astype(np.float32)
     l2_G = np.asarray([g for _ in range(folds) for g in grid], np.float32)
     w, b = _fit_many(

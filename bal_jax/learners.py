@@ -42,6 +42,7 @@ __all__ = [
     "VGGLearner",
     "fit_linear_step",
     "linear_predictions",
+    "network_predictions",
 ]
 
 # Classifier options of the runner and the labeling tool: the paper's VGG16 trained on the
@@ -91,6 +92,16 @@ def linear_predictions(
         logits_NC=np.log(np.maximum(probs, 1e-12)),
         features_ND=np.asarray(selection_features, np.float32),
     )
+
+
+def network_predictions(net, images, **predict_kwargs) -> PoolPredictions:
+    """A network's softmax, logits and penultimate features on `images` (`train.predict`'s
+    keyword arguments: batch size, normalisation, flip TTA, mesh, dtype)."""
+    out = train.predict(net, images, **predict_kwargs)
+    logits = np.asarray(out.logits_NC, np.float32)
+    probs = np.asarray(jax.nn.softmax(logits, axis=-1))
+    feats = np.asarray(out.features_ND)
+    return PoolPredictions(probs_NC=probs, logits_NC=logits, features_ND=feats)
 
 
 class LinearLearner:
@@ -279,13 +290,8 @@ class VGGLearner:
             return PoolPredictions(mc_probs_TNC=np.asarray(mc))
         if method not in NEEDS_PROBS | NEEDS_FEATURES and method != "bal":
             return PoolPredictions()
-        out = train.predict(
+        return network_predictions(
             self.net, images, tta_flip=self._settings.recipe.tta_flip, **self._eval_kwargs()
-        )
-        logits = np.asarray(out.logits_NC, np.float32)
-        probs = np.asarray(jax.nn.softmax(logits, axis=-1))
-        return PoolPredictions(
-            probs_NC=probs, logits_NC=logits, features_ND=np.asarray(out.features_ND)
         )
 
     def logits(self, split: str) -> np.ndarray:

@@ -19,22 +19,18 @@ the images the runner's cycle picks.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import time
 import uuid
 from collections.abc import Callable
 from typing import NamedTuple
 
-import jax
 import numpy as np
-from flax import nnx
 
-from bal_jax import heads, train
+from bal_jax import heads
 from bal_jax.data import channel_stats
-from bal_jax.keys import main_train_key, named_key, selection_key
-from bal_jax.labeling import featurize, formats, models
+from bal_jax.keys import selection_key
+from bal_jax.labeling import classifiers, featurize, formats, models
 from bal_jax.labeling import pool as pool_lib
 from bal_jax.labeling.config import (
     LabelingError,
@@ -47,7 +43,6 @@ from bal_jax.labeling.config import (
     setting_line,
 )
 from bal_jax.labeling.store import ProjectStore, log_unreadable, read_json, save_npz, write_json
-from bal_jax.learners import fit_linear_step, linear_predictions
 from bal_jax.methods import NEEDS_PRETEXT, PoolPredictions, SelectionContext, select
 from bal_jax.models import VGG16
 
@@ -186,131 +181,17 @@ class LabelingProject(ProjectStore):
             out.append(read_json(path))
         return out
 
-    def _labels_digest(self, idx, y) -> str:
-        return hashlib.sha256(
-            json.dumps([self.pool.ids_N[idx].tolist(), y.tolist(), self.classes]).encode()
-        ).hexdigest()[:16]
-
     def head(self, upto: int) -> tuple[heads.LinearHead, dict]:
-        """The linear head that picks round `upto`, fitted on every label so far (its L2
-        chosen by `cv_folds`-fold cross-validation on those labels); saved under
-        models/round_NN and reused while the labels do not change. Returns (head, meta)."""
-        idx, y = self._labeled_pool()
-        if idx.size == 0:
-            raise LabelingError("no image of the pool is labeled yet; import labels first")
-        digest = self._labels_digest(idx, y)
-        path = self._path("models", f"round_{upto:02d}")
-        meta = models.read_meta(path)
-        if meta is not None and meta.get("labels_digest") == digest and meta["kind"] == "linear":
-            return models.load_head(path), meta
-        t0 = time.perf_counter()
-        # The runner's LinearLearner fits cycle upto - 1 with this key and this function.
-        head, cv = fit_linear_step(
-            named_key(main_train_key(self.key, upto - 1), "head"),
-            self.head_features,
-            idx,
-            y,
-            num_classes=len(self.classes),
-            folds=self.config.cv_folds,
-        )
-        meta = {
-            "kind": "linear",
-            "classes": self.classes,
-            "image_size": self.config.image_size,
-            "mean": list(self.mean),
-            "std": list(self.std),
-            "feature_dim": int(head.mean_D.shape[0]),
-            "labels_digest": digest,
-            "num_labels": int(idx.size),
-            "round": upto,
-            "project_id": self.state["project_id"],
-            "l2": head.l2,
-            "cv": None if cv is None else cv._asdict(),
-        }
-        self.log(
-            f"fitted the linear head on {idx.size} labels in {time.perf_counter() - t0:.1f}s "
-            f"(L2 {head.l2:g}"
-            + ("" if cv is None else f", {cv.folds}-fold CV accuracy {100 * cv.accuracy:.1f}%")
-            + ")"
-        )
-        models.save_head(path, head, meta=meta)
-        return head, meta
+        """The linear head that picks round `upto` and its meta (`classifiers.round_head`)."""
+        return classifiers.round_head(self, upto)
+
+    def classifier(self, upto: int) -> VGG16:
+        """The VGG16 that picks round `upto` (`classifiers.round_network`)."""
+        return classifiers.round_network(self, upto)
 
     def predictions(self, upto: int) -> PoolPredictions:
         """The classifier of round `upto` on the whole pool (what uncertainty methods use)."""
-        if self.config.classifier == "linear":
-            return linear_predictions(self.head(upto)[0], self.head_features, self._features)
-        out = train.predict(
-            self.classifier(upto),
-            self.pool.images_NHWC,
-            batch_size=self.config.main.eval_batch_size,
-            mean=self.mean,
-            std=self.std,
-            tta_flip=self.config.main.recipe.tta_flip,
-        )
-        logits = np.asarray(out.logits_NC, np.float32)
-        probs = np.asarray(jax.nn.softmax(logits, axis=-1))
-        return PoolPredictions(
-            probs_NC=probs, logits_NC=logits, features_ND=np.asarray(out.features_ND)
-        )
-
-    def classifier(self, upto: int) -> VGG16:
-        """The main model that picks round `upto`, trained on every label of the pool so far.
-
-        It is trained as the runner trains it in cycle `upto - 1`: warm-started from the
-        model of round `upto - 1` (fresh for round 1, or when classes were added), fresh
-        optimizer and schedule, that cycle's key. Saved under models/round_NN and reused
-        while the labels do not change.
-        """
-        idx, y = self._labeled_pool()
-        if idx.size == 0:
-            raise LabelingError("no image of the pool is labeled yet; import labels first")
-        c, classes = self.config, self.classes
-        digest = self._labels_digest(idx, y)
-        path = self._path("models", f"round_{upto:02d}")
-        meta = models.read_meta(path)
-        if meta is not None and meta.get("labels_digest") == digest:
-            return models.load_model(path)[0]
-        prev_path = self._path("models", f"round_{upto - 1:02d}")
-        prev = models.read_meta(prev_path) if upto > 1 else None
-        if prev is not None and prev["num_classes"] == len(classes):
-            net, how = models.load_model(prev_path)[0], f"warm start from round {upto - 1}'s model"
-        else:
-            net, how = self._fresh_classifier(named_key(self.key, "main_init")), "fresh"
-        self.log(f"training the classifier on {idx.size} labels ({how})")
-        t0 = time.perf_counter()
-        train.fit(
-            main_train_key(self.key, upto - 1),
-            net,
-            self.pool.images_NHWC[idx],
-            y,
-            **models.fit_kwargs(c.main, self.mean, self.std),
-            recipe=c.main.recipe,
-        )
-        self.log(f"trained in {time.perf_counter() - t0:.1f}s")
-        models.save_model(
-            path,
-            net,
-            meta={
-                "kind": "vgg",
-                "num_classes": len(classes),
-                "channels": 3,
-                "width": c.width,
-                "classes": classes,
-                "image_size": c.image_size,
-                "mean": list(self.mean),
-                "std": list(self.std),
-                "labels_digest": digest,
-                "tta_flip": bool(c.main.recipe.tta_flip),
-                "num_labels": int(idx.size),
-                "round": upto,
-                "project_id": self.state["project_id"],
-            },
-        )
-        return net
-
-    def _fresh_classifier(self, key: jax.Array) -> VGG16:
-        return VGG16(len(self.classes), in_channels=3, width=self.config.width, rngs=nnx.Rngs(key))
+        return classifiers.round_predictions(self, upto)
 
     def _select(self, r: int, k: int, mask: np.ndarray) -> tuple[np.ndarray, PoolPredictions]:
         """Round r's picks with the project's method: the runner's cycle-r selection (same
@@ -470,46 +351,9 @@ class LabelingProject(ProjectStore):
         return out
 
     def cross_validate(self) -> dict | None:
-        """K-fold accuracy of the classifier recipe on the labels so far (cached per labels).
-
-        Returns:
-          {'folds', 'accuracies', 'mean', 'num_labels'}, or None with fewer than 2 labels
-          per fold.
-        """
-        idx, y = self._labeled_pool()
-        folds = self.config.cv_folds
-        if idx.size < 2 * folds:
-            return None
-        if self.config.classifier == "linear":
-            # The folds that chose the head's L2 (so slightly optimistic at the chosen value).
-            cv = self.head(max(len(self.rounds()), 1))[1]["cv"]
-            return {
-                "folds": cv["folds"],
-                "accuracies": None,
-                "mean": cv["accuracy"],
-                "num_labels": int(idx.size),
-                "l2": cv["l2"],
-            }
-        path = self._path("cv.json")
-        digest = hashlib.sha256(
-            json.dumps([self.pool.ids_N[idx].tolist(), y.tolist(), self.classes]).encode()
-        ).hexdigest()[:16]
-        if os.path.exists(path) and (cached := read_json(path)).get("digest") == digest:
-            return cached
-        result = models.cross_validate(
-            self.key,
-            self.pool.images_NHWC[idx],
-            y,
-            num_classes=len(self.classes),
-            width=self.config.width,
-            folds=folds,
-            settings=self.config.main,
-            mean=self.mean,
-            std=self.std,
-        )
-        result["digest"] = digest
-        write_json(path, result)
-        return result
+        """K-fold accuracy of the classifier on the labels so far (`classifiers.cross_validate`);
+        None with fewer than 2 labels per fold."""
+        return classifiers.cross_validate(self)
 
     def _export_features(self, tmp: str, meta: dict) -> None:
         meta["features"] = featurize.FeatureTransform.export(self, tmp)
