@@ -26,9 +26,9 @@ A project folder holds all its state:
     label_studio.json  the Label Studio project of each server `sync` used (no API key)
 
 Modules: `config` (settings, one-time choices), `pool` (scan, hash, decode), `journal`,
-`formats` (label files in and out), `featurize` (the feature stage), `models` (networks,
-saved heads, prediction), `studio` (Label Studio sync), `project` (`LabelingProject`). The
-classifier step is the runner's (`bal_jax.learners`).
+`formats` (label files in and out), `featurize` (the feature stage), `classifiers` (each
+round's classifier), `models` (networks, saved heads, prediction), `studio` (Label Studio
+sync), `project` (`LabelingProject`). The classifier step is the runner's (`bal_jax.learners`).
 """
 
 from bal_jax.labeling.config import LabelingError as LabelingError
