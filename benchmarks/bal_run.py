@@ -26,8 +26,16 @@ SETTINGS = dict(width=0.25, pretext_epochs=3, epochs=10, methods=("bal",), beta=
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=os.path.join(timing.REPO_ROOT, "benchmarks", "bal_run.md"))
+    parser.add_argument(
+        "--cpu_devices",
+        type=int,
+        default=None,
+        help="XLA host devices on a CPU (default: one per core, as experiments.main)",
+    )
     args = parser.parse_args(argv)
+    from bal_jax import parallel
 
+    parallel.use_cpu_devices(args.cpu_devices)
     from experiments import config as config_lib
     from experiments import pipeline
 

@@ -7,13 +7,17 @@ the sides of a case alternately (timing) or one side alone (peak memory).
 
 Sides:
   train   bal_jax: ``bal_jax.train.fit`` for one epoch of ``steps`` batches (the library's
-          training path: augment + normalise + SGD step, jitted);
+          training path: augment + normalise + SGD step, jitted), each batch sharded over
+          every device (one per core on a CPU, as the runner);
           torch / torch_cl: the authors' VGG16-BN step in PyTorch (NCHW / channels_last),
           with the same augmentation done batched in torch.
   infer   bal_jax: ``bal_jax.train.predict`` + softmax, as the active-learning loop calls it;
           torch / torch_cl: eval-mode forward in batches, softmax, features.
-  kmeans  bal_jax: ``bal_jax.kmeans.kmeans`` + ``cdd``; sklearn: ``KMeans(k-means++,
-          n_init=1)`` + ``transform`` + the two smallest distances.
+  kmeans  bal_jax: ``bal_jax.kmeans.kmeans(n_init=1)`` + ``cdd``; sklearn: ``KMeans(k-means++,
+          n_init=1)`` + ``transform`` + the two smallest distances; matmul: the machine's
+          limit, the one product every Lloyd iteration needs (the (N, D) pool times the
+          (D, K) centers, float32 at HIGHEST precision as bal_jax's, plus the row minimum),
+          ``iters`` times.
   select  bal_jax: ``bal_jax.methods.bal_select`` (sub-pool + least confidence) when present,
           else ``bal_jax.subpools.subpool`` + ``bal_jax.sampling.least_confidence``;
           numpy: the same window and ranking in vectorised NumPy.
@@ -145,6 +149,7 @@ def _train_side(case: dict, side: str) -> Side:
         fit = _attr("bal_jax.train", "fit")
         model = _jax_model(width)
         key = jax.random.key(0)
+        mesh = _attr("bal_jax.parallel", "make_mesh")()
 
         def run():
             fit(
@@ -158,6 +163,7 @@ def _train_side(case: dict, side: str) -> Side:
                 mean=CIFAR_MEAN,
                 std=CIFAR_STD,
                 augment=True,
+                mesh=mesh,
             )
             jax.block_until_ready(nnx.state(model))
 
@@ -198,10 +204,13 @@ def _infer_side(case: dict, side: str) -> Side:
 
         predict = _attr("bal_jax.train", "predict")
         model = _jax_model(width)
+        mesh = _attr("bal_jax.parallel", "make_mesh")()
 
         def run():
             # As bal_jax.active_loop does: (logits, features) on the host, then softmax.
-            logits, feats = predict(model, imgs, batch_size=batch, mean=CIFAR_MEAN, std=CIFAR_STD)
+            logits, feats = predict(
+                model, imgs, batch_size=batch, mean=CIFAR_MEAN, std=CIFAR_STD, mesh=mesh
+            )
             probs = np.asarray(jax.nn.softmax(np.asarray(logits, np.float32), axis=-1))
             feats = np.asarray(feats)
             return {"probs": list(probs.shape), "features": list(feats.shape)}
@@ -261,9 +270,27 @@ def _kmeans_side(case: dict, side: str) -> Side:
         key = jax.random.key(0)
 
         def run():
-            res = kmeans(key, x_dev, k, max_iters=iters, tol=tol, chunk_size=chunk)
+            res = kmeans(key, x_dev, k, max_iters=iters, tol=tol, chunk_size=chunk, n_init=1)
             cdd(x_dev, res.centers, chunk_size=chunk).block_until_ready()
             return {"iters": int(res.num_iters), "inertia": float(res.inertia)}
+
+        return Side(run, 1)
+    if side == "matmul":
+        import jax
+        import jax.numpy as jnp
+
+        x_dev = jax.device_put(x)
+        del x
+        c_dev = x_dev[:k]
+        nearest = jax.jit(
+            lambda x, c: jnp.min(jnp.dot(x, c.T, precision=jax.lax.Precision.HIGHEST), axis=1)
+        )
+
+        def run():
+            for _ in range(iters):
+                out = nearest(x_dev, c_dev)
+            out.block_until_ready()
+            return {"gflops": 2.0 * n * d * k * iters / 1e9}
 
         return Side(run, 1)
     if side == "sklearn":

@@ -1,4 +1,4 @@
-"""One XLA device per CPU core: training speed by host device count, side by side.
+"""One XLA device per CPU core: training and pool-inference speed by host device count.
 
     python -m benchmarks.host_devices                     # 1, 2 and `nproc` devices
     python -m benchmarks.host_devices --devices=1,2 --steps=640 --rounds=3 \
@@ -11,8 +11,9 @@ parallel, like GPUs), and N small computations run side by side.
 
 Each round starts one fresh process per device count, in alternating order, each timing
 `bal_jax.train.fit` of the `cifar10_cpu` main task (VGG16 width 1/8, batch 64, the small-data
-recipe's optimiser steps on 200 random images) after an untimed compile run. The table gives
-the median seconds per step and the speed-up over one device (median of the per-round ratios).
+recipe's optimiser steps on 200 random images) and `bal_jax.train.predict` over a pool of
+random images (batch 512, the runner's evaluation batch), both after an untimed compile run.
+The table gives the medians and the speed-up over one device (median of the per-round ratios).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ def define_flags() -> None:
     """The command's flags (defined on demand: other commands own some of the names)."""
     flags.DEFINE_list("devices", None, "Host device counts (default: 1, 2, nproc).")
     flags.DEFINE_integer("steps", 320, "Optimizer steps timed per run.")
+    flags.DEFINE_integer("pool", 4096, "Images of the timed pool inference.")
     flags.DEFINE_integer("rounds", 3, "Alternating rounds (fresh processes each).")
     flags.DEFINE_float("width", 0.125, "VGG16 width.")
     flags.DEFINE_string("out", None, "Markdown file for the table (default: print only).")
@@ -45,7 +47,7 @@ from bal_jax import train
 from bal_jax.models import VGG16
 from bal_jax.parallel import make_mesh
 
-steps, width = int(sys.argv[1]), float(sys.argv[2])
+steps, width, pool = int(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3])
 n, batch = 200, 64
 rng = np.random.default_rng(0)
 x = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
@@ -60,15 +62,24 @@ for _ in range(2):  # the first run compiles
               learning_rate=0.05, mean=(0.5,) * 3, std=(0.25,) * 3, mesh=mesh)
     times.append(time.perf_counter() - t)
 steps_run = epochs * -(-n // batch)
-print("RESULT" + json.dumps({"devices": jax.device_count(), "s_per_step": times[1] / steps_run}))
+images = rng.integers(0, 256, (pool, 32, 32, 3), dtype=np.uint8)
+infer = []
+for _ in range(2):  # the first run compiles
+    t = time.perf_counter()
+    out = train.predict(model, images, batch_size=512, mean=(0.5,) * 3, std=(0.25,) * 3,
+                        mesh=mesh)
+    np.asarray(out.logits_NC)
+    infer.append(time.perf_counter() - t)
+print("RESULT" + json.dumps({"devices": jax.device_count(), "s_per_step": times[1] / steps_run,
+                             "img_per_s": pool / infer[1]}))
 """
 
 
-def _run(devices: int, steps: int, width: float) -> float:
+def _run(devices: int, steps: int, width: float, pool: int) -> dict:
     env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
     env["PYTHONPATH"] = timing.REPO_ROOT + os.pathsep + env.get("PYTHONPATH", "")
     proc = subprocess.run(
-        [sys.executable, "-c", _WORKER, str(steps), str(width)],
+        [sys.executable, "-c", _WORKER, str(steps), str(width), str(pool)],
         env=env,
         cwd=timing.REPO_ROOT,
         capture_output=True,
@@ -80,34 +91,44 @@ def _run(devices: int, steps: int, width: float) -> float:
             result = json.loads(line[len("RESULT") :])
             if result["devices"] != devices:
                 raise RuntimeError(f"asked for {devices} devices, got {result['devices']}")
-            return result["s_per_step"]
+            return result
     raise RuntimeError(f"worker failed: {proc.stderr.strip()[-500:]}")
 
 
-def measure(devices: list[int], *, steps: int, rounds: int, width: float) -> dict[int, list]:
-    """Seconds per step of every device count, `rounds` alternating fresh-process runs each."""
-    out: dict[int, list[float]] = {d: [] for d in devices}
+def measure(
+    devices: list[int], *, steps: int, rounds: int, width: float, pool: int
+) -> dict[int, list[dict]]:
+    """Each device count's results, `rounds` alternating fresh-process runs each."""
+    out: dict[int, list[dict]] = {d: [] for d in devices}
     for r in range(rounds):
         for d in devices if r % 2 == 0 else devices[::-1]:
-            out[d].append(_run(d, steps, width))
+            out[d].append(_run(d, steps, width, pool))
     return out
 
 
-def table(results: dict[int, list[float]], *, steps: int, width: float) -> str:
-    base = results[min(results)]
+def table(results: dict[int, list[dict]], *, steps: int, width: float, pool: int) -> str:
+    one = min(results)
+    step = {d: [r["s_per_step"] for r in rs] for d, rs in results.items()}
+    # Seconds per image, so that the speed-up reads the same way as training's.
+    infer = {d: [1 / r["img_per_s"] for r in rs] for d, rs in results.items()}
     lines = [
-        "| host devices | s / step (median) | steps / s | speed-up over 1 device |",
-        "|---|---|---|---|",
+        "| host devices | train: s / step (median) | speed-up | pool inference: img / s "
+        "(median) | speed-up |",
+        "|---|---|---|---|---|",
     ]
-    for d, times in results.items():
-        ratio = timing.speedup(times, base) if d != min(results) else 1.0
-        med = timing.median(times)
-        lines.append(f"| {d} | {med:.4f} | {1 / med:.1f} | {ratio:.2f}x |")
+    for d in results:
+        train_up = timing.speedup(step[d], step[one]) if d != one else 1.0
+        infer_up = timing.speedup(infer[d], infer[one]) if d != one else 1.0
+        lines.append(
+            f"| {d} | {timing.median(step[d]):.4f} | {train_up:.2f}x | "
+            f"{1 / timing.median(infer[d]):,.0f} | {infer_up:.2f}x |"
+        )
     lines += [
         "",
-        f"`bal_jax.train.fit`, VGG16 width {width:g}, batch 64, {steps} steps after a compile "
-        f"run, {len(base)} alternating rounds of fresh processes; speed-up: median of the "
-        "per-round ratios.",
+        f"VGG16 width {width:g}: `bal_jax.train.fit`, batch 64, {steps} steps, and "
+        f"`bal_jax.train.predict` over {pool:,} images, batch 512, each after a compile run; "
+        f"{len(step[one])} alternating rounds of fresh processes; speed-up over {one} "
+        "device: median of the per-round ratios.",
     ]
     return "\n".join(lines)
 
@@ -122,18 +143,17 @@ def main(argv):
     if devices[0] < 1 or 64 % devices[-1]:
         sys.exit("error: --devices must be positive divisors of the batch size 64")
     t0 = time.perf_counter()
-    results = measure(
-        devices, steps=flags.FLAGS.steps, rounds=flags.FLAGS.rounds, width=flags.FLAGS.width
-    )
+    sizes = dict(steps=flags.FLAGS.steps, width=flags.FLAGS.width, pool=flags.FLAGS.pool)
+    results = measure(devices, rounds=flags.FLAGS.rounds, **sizes)
     text = "\n".join(
         [
-            "# Training speed by XLA host device count",
+            "# Training and pool-inference speed by XLA host device count",
             "",
             "Command: `" + " ".join(["python -m benchmarks.host_devices", *sys.argv[1:]]) + "`",
             "",
             timing.format_kv_table(timing.machine_description()),
             "",
-            table(results, steps=flags.FLAGS.steps, width=flags.FLAGS.width),
+            table(results, **sizes),
             "",
             f"Wall time {time.perf_counter() - t0:.0f} s.",
             "",

@@ -6,6 +6,9 @@ Usage::
   python -m benchmarks.run --quick              # tiny sizes, 2 reps: checks the plumbing only
   python -m benchmarks.run --only=kmeans,select --out=/tmp/results.md
 
+On a CPU the bal_jax sides run on one XLA host device per core (``--cpu_devices=1``: one), as
+``experiments.main`` does; the training and inference sides shard each batch over them.
+
 Groups (``--only``): train, infer, kmeans, select (sub-pool + confidence and k-center greedy),
 scaling (clustering and selection time against pool size). Every timing runs in a fresh
 worker process (``benchmarks.worker``) that alternates the sides; each side's peak memory is
@@ -32,6 +35,7 @@ REF_NAMES = {
     "torch_cl": "PyTorch channels_last",
     "sklearn": "scikit-learn",
     "numpy": "NumPy",
+    "matmul": "the matmul limit",
 }
 WIDTH_NAMES = {1.0: "1", 0.5: "1/2", 0.25: "1/4", 0.125: "1/8"}
 
@@ -147,7 +151,9 @@ QUICK = Sizes(
 
 
 def _kmeans_case(sz: Sizes, n, k, iters, tol, chunk, reps) -> dict:
-    sides = ["bal_jax", "sklearn"] if n <= sz.kmeans_ref_max else ["bal_jax"]
+    # Beyond scikit-learn's sizes, the reference is the machine's own limit: the Lloyd
+    # iterations' distance products alone (cases.py, side "matmul").
+    sides = ["bal_jax", "sklearn"] if n <= sz.kmeans_ref_max else ["bal_jax", "matmul"]
     return dict(
         bench="kmeans",
         n=n,
@@ -236,7 +242,7 @@ def plan(sz: Sizes, groups: set[str]) -> list[Spec]:
                     "k-means++ + Lloyd + CDD",
                     f"{_n(n)} x {sz.dim}, K={k}, {stop}{chunked}",
                     case,
-                    ("sklearn",),
+                    tuple(side for side in case["sides"] if side != "bal_jax"),
                     "s",
                 )
             )
@@ -474,7 +480,18 @@ def main(argv: list[str] | None = None) -> None:
         "plumbing check never overwrites the real table)",
     )
     parser.add_argument("--no-peak", action="store_true", help="skip peak-memory processes")
+    parser.add_argument(
+        "--cpu_devices",
+        type=int,
+        default=None,
+        help="XLA host devices of the bal_jax sides on a CPU (default: one per core, as the "
+        "runner; a count already in XLA_FLAGS is kept)",
+    )
     args = parser.parse_args(argv)
+    # The workers inherit the environment: one XLA device per core, as experiments.main.
+    from bal_jax import parallel
+
+    parallel.use_cpu_devices(args.cpu_devices)
     groups = {g.strip() for g in args.only.split(",") if g.strip()}
     if not groups <= set(GROUPS):
         parser.error(f"--only takes a subset of {GROUPS}, got {sorted(groups - set(GROUPS))}")

@@ -7,6 +7,7 @@ No timing assertions here: benchmarks are run with ``python -m benchmarks.run``.
 import math
 import os
 
+import jax
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -106,11 +107,19 @@ def test_plans_cover_every_group(sizes):
         if s.case["bench"] == "kcenter" and s.case["n"] > sizes.kcenter_ref_max:
             assert s.case["sides"] == ["bal_jax"]  # the NumPy reference is skipped there
         elif s.case["bench"] == "kmeans" and s.case["n"] > sizes.kmeans_ref_max:
-            assert s.case["sides"] == ["bal_jax"]  # so is scikit-learn's
+            # so is scikit-learn's: the machine's matmul limit is the reference there
+            assert s.case["sides"] == ["bal_jax", "matmul"] and s.refs == ("matmul",)
         else:
             assert set(s.refs) <= set(s.case["sides"])
         assert s.case["bench"] in cases.BUILDERS
     assert len(run.scaling_plan(sizes)) == len(sizes.scaling)
+
+
+def test_kmeans_sides_run_on_a_tiny_case():
+    case = dict(bench="kmeans", n=300, d=8, k=4, iters=3, tol=0.0, chunk=None)
+    ours = cases.build(case, "bal_jax").run()
+    assert 1 <= ours["iters"] <= 3 and ours["inertia"] > 0
+    assert cases.build(case, "matmul").run() == {"gflops": 2.0 * 300 * 8 * 4 * 3 / 1e9}
 
 
 def test_quick_scaling_reuses_the_main_cases():
@@ -239,6 +248,9 @@ def test_bal_run_reports_every_phase(tmp_path, monkeypatch):
         # keeps the one epoch asked for.
         bal_run.SETTINGS | tiny | dict(width=0.0625, pretext_epochs=1, epochs=1, recipe="paper"),
     )
+    # JAX runs already in this process: the device count is the one it has (a count in
+    # XLA_FLAGS is kept); a fresh process would split the CPU into one device per core.
+    monkeypatch.setenv("XLA_FLAGS", f"--xla_force_host_platform_device_count={jax.device_count()}")
     out = tmp_path / "bal_run.md"
     bal_run.main([f"--out={out}"])
     text = out.read_text()
@@ -249,6 +261,14 @@ def test_bal_run_reports_every_phase(tmp_path, monkeypatch):
 def test_host_devices_table_reports_speedups_over_one_device():
     from benchmarks import host_devices
 
-    text = host_devices.table({1: [0.2, 0.22, 0.21], 2: [0.1, 0.11, 0.1]}, steps=8, width=0.125)
-    assert "| 1 | 0.2100 | 4.8 | 1.00x |" in text
-    assert "| 2 | 0.1000 | 10.0 | 2.00x |" in text
+    def runs(steps, img_per_s):
+        return [{"s_per_step": s, "img_per_s": i} for s, i in zip(steps, img_per_s, strict=True)]
+
+    text = host_devices.table(
+        {1: runs([0.2, 0.22, 0.21], [100, 100, 100]), 2: runs([0.1, 0.11, 0.1], [150, 160, 170])},
+        steps=8,
+        width=0.125,
+        pool=64,
+    )
+    assert "| 1 | 0.2100 | 1.00x | 100 | 1.00x |" in text
+    assert "| 2 | 0.1000 | 2.00x | 160 | 1.60x |" in text

@@ -206,6 +206,40 @@ def test_kmeans_bad_options():
         kmeans(jax.random.key(0), x, 2, max_iters=-1)
     with pytest.raises(ValueError, match="tol"):
         kmeans(jax.random.key(0), x, 2, tol=float("nan"))
+    with pytest.raises(ValueError, match="init_size"):
+        kmeans(jax.random.key(0), x, 3, init_size=2)
+
+
+def test_seeding_on_a_sample_of_a_large_pool():
+    x = _random_5000x64()
+    key = jax.random.key(4)
+    full = kmeans(key, x, 8, n_init=1)
+    # A sample at least as large as the pool is the pool: bit for bit the full seeding.
+    same = kmeans(key, x, 8, n_init=1, init_size=5000)
+    np.testing.assert_array_equal(same.centers, full.centers)
+    # On a sample: the seeds are distinct rows of the pool, other than the full seeding's, and
+    # the Lloyd iterations (over every row) land within 1 % of the full seeding's inertia.
+    seeds = np.asarray(kmeans(key, x, 8, n_init=1, init_size=500, max_iters=0).centers)
+    rows = [np.flatnonzero((x == c).all(1)) for c in seeds]
+    assert all(r.size == 1 for r in rows) and len({int(r[0]) for r in rows}) == 8
+    full_seeds = np.asarray(kmeans(key, x, 8, n_init=1, max_iters=0).centers)
+    assert not np.array_equal(seeds, full_seeds)
+    sampled = kmeans(key, x, 8, n_init=1, init_size=500)
+    assert float(sampled.inertia) <= 1.01 * float(full.inertia)
+    # Only rows of positive weight are drawn: masked-out rows never become seeds.
+    mask = np.arange(5000) < 1000
+    core = kmeans_core(
+        key,
+        jnp.asarray(x),
+        jnp.asarray(mask),
+        jnp.asarray(1e-4, jnp.float32),
+        jnp.asarray(0, jnp.int32),
+        num_clusters=8,
+        chunk_size=None,
+        init_size=600,
+    )
+    seed_rows = [int(np.flatnonzero((x == c).all(1))[0]) for c in np.asarray(core.centers)]
+    assert max(seed_rows) < 1000
 
 
 def test_cdd_bad_input():
