@@ -29,9 +29,13 @@ __all__ = [
     "FEATURE_VIEWS",
     "PRETEXTS",
     "PRETEXT_CODE_VERSION",
+    "SIMCLR_LR",
     "PretextOutputs",
+    "network_features",
+    "pretext_network",
     "pretext_outputs",
     "rotate_each",
+    "train_pretext_network",
 ]
 
 # Version of what `pretext_outputs` computes: part of the runner's pretext cache key, so
@@ -52,6 +56,68 @@ class PretextOutputs(NamedTuple):
 # Pretext tasks of `pretext_outputs`: the paper's rotation prediction (SPEC Step 1), SimCLR
 # instance discrimination and k-means patch features without a network (issue 11).
 PRETEXTS = ("rotation", "simclr", "patches")
+# Pretexts that train a network (`train_pretext_network`).
+NETWORK_PRETEXTS = ("rotation", "simclr")
+# Adam learning rate of SimCLR (the runner's --simclr_lr default and the labeling tool's).
+SIMCLR_LR = 1e-3
+
+
+def pretext_network(pretext: str, *, in_channels: int, width: float, rngs: nnx.Rngs) -> nnx.Module:
+    """An untrained pretext network: the 4-way rotation VGG16 or SimCLR's `ContrastiveNet`."""
+    if pretext == "rotation":
+        return VGG16(4, in_channels=in_channels, width=width, rngs=rngs)
+    if pretext == "simclr":
+        return train.ContrastiveNet(in_channels=in_channels, width=width, rngs=rngs)
+    raise ValueError(f"no pretext network for {pretext!r}; choose one of {NETWORK_PRETEXTS}")
+
+
+def train_pretext_network(
+    key: jax.Array,
+    images: np.ndarray,
+    *,
+    pretext: str,
+    model: ModelSpec,
+    settings: TrainSettings,
+    mean: Sequence[float],
+    std: Sequence[float],
+    mesh=None,
+    progress: Callable | None = None,
+) -> nnx.Module:
+    """SPEC Step 1: the pretext network trained on `images` (no labels), as the runner's
+    `pretext_outputs` and the labeling tool train it (same keys, same network).
+
+    'rotation' trains with SGD on `settings` (`bal_jax.train.fit_rotation`); 'simclr' with
+    Adam at ``settings.learning_rate``, warm-up + cosine, for ``settings.epochs`` epochs of
+    ``settings.batch_size`` images x 2 views (`bal_jax.train.fit_contrastive`).
+    """
+    net = pretext_network(
+        pretext,
+        in_channels=model.in_channels,
+        width=model.width,
+        rngs=nnx.Rngs(named_key(key, "init")),
+    )
+    if pretext == "rotation":
+        train.fit_rotation(
+            named_key(key, "train"),
+            net,
+            images,
+            **fit_kwargs(settings, mean, std, mesh),
+            progress=progress,
+        )
+    else:
+        train.fit_contrastive(
+            named_key(key, "train"),
+            net,
+            images,
+            epochs=settings.epochs,
+            batch_size=settings.batch_size,
+            learning_rate=settings.learning_rate,
+            mean=mean,
+            std=std,
+            mesh=mesh,
+            progress=progress,
+        )
+    return net
 
 
 def rotate_each(images_NHWC: np.ndarray, quarter_turns_N: np.ndarray) -> np.ndarray:
@@ -69,6 +135,23 @@ def rotate_each(images_NHWC: np.ndarray, quarter_turns_N: np.ndarray) -> np.ndar
         sel = quarter_turns_N == k
         out[sel] = np.rot90(images_NHWC[sel], k, axes=(1, 2))
     return out
+
+
+def network_features(
+    net: nnx.Module,
+    images: np.ndarray,
+    *,
+    settings: TrainSettings,
+    mean: Sequence[float],
+    std: Sequence[float],
+    mesh=None,
+    layer: str = "final",
+) -> np.ndarray:
+    """(N, D) features of a pretext network on `images` (SPEC Step 2), in eval mode."""
+    ev = dict(
+        batch_size=settings.eval_batch_size, mean=mean, std=std, mesh=mesh, dtype=settings.dtype
+    )
+    return np.asarray(train.predict_features(net, images, layer=layer, **ev))
 
 
 def pretext_outputs(
@@ -118,31 +201,18 @@ def pretext_outputs(
         raise ValueError(f"unknown pretext {pretext!r}; choose one of {PRETEXTS}")
     if pretext == "patches":
         return _patch_outputs(key, images, probe_images)
-    init = nnx.Rngs(named_key(key, "init"))
     t0 = time.perf_counter()
-    if pretext == "rotation":
-        net = VGG16(4, in_channels=model.in_channels, width=model.width, rngs=init)
-        train.fit_rotation(
-            named_key(key, "train"),
-            net,
-            images,
-            **fit_kwargs(settings, mean, std, mesh),
-            progress=progress,
-        )
-    else:
-        net = train.ContrastiveNet(in_channels=model.in_channels, width=model.width, rngs=init)
-        train.fit_contrastive(
-            named_key(key, "train"),
-            net,
-            images,
-            epochs=settings.epochs,
-            batch_size=settings.batch_size,
-            learning_rate=settings.learning_rate,
-            mean=mean,
-            std=std,
-            mesh=mesh,
-            progress=progress,
-        )
+    net = train_pretext_network(
+        key,
+        images,
+        pretext=pretext,
+        model=model,
+        settings=settings,
+        mean=mean,
+        std=std,
+        mesh=mesh,
+        progress=progress,
+    )
     t1 = time.perf_counter()
     ev = dict(
         batch_size=settings.eval_batch_size, mean=mean, std=std, mesh=mesh, dtype=settings.dtype
@@ -151,10 +221,11 @@ def pretext_outputs(
     if feature_view == "random_rotation":
         turns = jax.random.randint(named_key(key, "feature_view"), (images.shape[0],), 0, 4)
         views = rotate_each(np.asarray(images), np.asarray(turns))
-    features = np.asarray(train.predict_features(net, views, layer=feature_layer, **ev))
+    feats = dict(settings=settings, mean=mean, std=std, mesh=mesh, layer=feature_layer)
+    features = network_features(net, views, **feats)
     probe = None
     if probe_images is not None:
-        probe = np.asarray(train.predict_features(net, probe_images, layer=feature_layer, **ev))
+        probe = network_features(net, probe_images, **feats)
     if pretext == "rotation":
         losses = np.asarray(train.rotation_losses(net, images, **ev))
     else:

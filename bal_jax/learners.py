@@ -195,7 +195,10 @@ class VGGLearner:
         model_store: ModelStore | None,
         mesh,
         fit_kwargs: dict,
+        init_key: jax.Array | None = None,
     ):
+        """`init_key` (default: derived from `key`) draws the initial weights alone, so a
+        study can fix them while `key` changes the data order and augmentation."""
         self._key = key
         self._pool = pool
         self._splits = splits
@@ -207,7 +210,7 @@ class VGGLearner:
         self._mesh = mesh
         self._fit_kwargs = fit_kwargs
         self._dropout = DBAL_DROPOUT if method in NEEDS_MC_DROPOUT else 0.0
-        self._init_key = named_key(key, "main_init")
+        self._init_key = named_key(key if init_key is None else init_key, "main_init")
         ndev = mesh.devices.size if mesh is not None else jax.device_count()
         self._root = lineage_root(
             self._init_key, (tuple(model), self._dropout, warm_start), settings, mean, std, ndev
@@ -250,6 +253,7 @@ class VGGLearner:
             np.asarray(pool.labels[labeled], np.int64),
         )
         stored = None if self._store is None else self._store.load(self.digest, self.state())
+        steps = None
         if stored is not None:
             self.load_state(stored[0])
             train_loss = stored[1].get("train_loss")
@@ -263,12 +267,14 @@ class VGGLearner:
                 recipe=self._settings.recipe,
             )
             train_loss = _last_loss(history)
+            steps = int(history["epochs"] * history["steps_per_epoch"])
             if self._store is not None:
                 self._store.save(self.digest, self.state(), meta={"train_loss": train_loss})
         return {
             "model_digest": self.digest,
             "shared_model": stored is not None,
             "train_loss": train_loss,
+            "steps": steps,  # optimizer steps run here (None: restored from the store)
         }
 
     def _eval_kwargs(self) -> dict:

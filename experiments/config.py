@@ -18,6 +18,7 @@ import json
 from collections.abc import Callable
 
 from bal_jax.budgets import BUDGETS
+from bal_jax.features import SIMCLR_LR
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,7 +100,7 @@ class Config:
     # Pretext features BAL clusters: 'final' (the paper's) or a global-average-pooled block
     # of the backbone, 'block1'..'block5'.
     feature_layer: str = "final"
-    simclr_lr: float = 1e-3
+    simclr_lr: float = SIMCLR_LR
     # --method=bal_switch: TypiClust picks while fewer than this fraction of the pool is
     # labeled, the paper's BAL after (bal_jax.methods.switch_cycle).
     switch_fraction: float = 0.1

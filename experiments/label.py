@@ -77,7 +77,8 @@ def define_flags() -> None:
         "features",
         None,
         "init: patches (default: k-means patch features, no network), rotation (the paper's "
-        "rotation network) or FILE, your own embeddings (.npz/.npy/.csv/.parquet keyed by "
+        "rotation network), simclr (SimCLR, Adam at --pretext_lr default 1e-3) or FILE, your "
+        "own embeddings (.npz/.npy/.csv/.parquet keyed by "
         "image id or path); predict: FILE with the new images' embeddings.",
     )
     flags.DEFINE_string(

@@ -25,15 +25,14 @@ import time
 import jax
 import numpy as np
 from absl import app, flags, logging
-from flax import nnx
 
 from bal_jax import train
 from bal_jax.active_loop import COLLAPSE_SHARE, collapse_share
-from bal_jax.keys import named_key
-from bal_jax.models import VGG16
+from bal_jax.learners import VGGLearner
+from bal_jax.settings import ModelSpec, fit_kwargs
 from experiments import config as config_lib
 from experiments import report
-from experiments.pipeline import ConfigError, check_config, load_data
+from experiments.pipeline import ConfigError, check_config, load_data, main_settings
 
 
 def define_flags() -> None:
@@ -63,59 +62,55 @@ def train_once(
     init_seed: int | None = None,
     **fit_changes,
 ) -> dict:
-    """Trains the preset's main model on pool[idx] with training seed `seed`; test metrics.
+    """Trains the preset's main model on pool[idx] as the runner's first cycle would
+    (`bal_jax.learners.VGGLearner`, from scratch, training seed `seed`); validation and test
+    metrics.
 
     `recipe` (default: the preset's) and `fit_changes` (e.g. ``weight_decay=5e-3``) override
     the preset's training; `init_seed` (default `seed`) draws the initial weights from another
     seed than the data order and augmentation.
     """
-    key = jax.random.key(seed)
-    init_key = key if init_seed is None else jax.random.key(init_seed)
-    recipe = train.RECIPES[cfg.recipe] if recipe is None else recipe
-    model = VGG16(
-        len(data.class_names),
-        in_channels=data.pool.images.shape[-1],
-        width=cfg.width,
-        rngs=nnx.Rngs(named_key(init_key, "main_init")),
-    )
-    fit_kwargs = dict(
-        epochs=cfg.epochs,
-        batch_size=cfg.batch_size,
-        learning_rate=cfg.lr,
-        milestones=cfg.milestones,
+    settings = main_settings(cfg)
+    if recipe is not None:
+        settings = settings._replace(recipe=recipe)
+    learner = VGGLearner(
+        jax.random.key(seed),
+        method="random",
+        pool=data.pool,
+        splits={"evaluation": data.test, "validation": data.val},
+        model=ModelSpec(len(data.class_names), data.pool.images.shape[-1], cfg.width),
+        settings=settings,
         mean=data.mean,
         std=data.std,
-        recipe=recipe,
+        warm_start=False,
+        model_store=None,
+        mesh=None,
+        fit_kwargs=fit_kwargs(settings, data.mean, data.std, None) | fit_changes,
+        init_key=None if init_seed is None else jax.random.key(init_seed),
     )
     t0 = time.perf_counter()
-    history = train.fit(
-        named_key(key, "main_train"),
-        model,
-        data.pool.images[idx],
-        data.pool.labels[idx],
-        **(fit_kwargs | fit_changes),
-    )
+    info = learner.fit(0, np.asarray(idx))
     seconds = time.perf_counter() - t0
-    ev = dict(batch_size=cfg.eval_batch_size, mean=data.mean, std=data.std)
-    test = train.predict(model, data.test.images, tta_flip=recipe.tta_flip, **ev).logits_NC
-    val = train.predict(model, data.val.images, tta_flip=recipe.tta_flip, **ev).logits_NC
+    test = learner.logits("evaluation")
+    val = learner.logits("validation")
     share = collapse_share(val)
     return {
         "accuracy": float(np.mean(np.argmax(test, -1) == data.test.labels)),
+        "val_accuracy": float(np.mean(np.argmax(val, -1) == data.val.labels)),
         "majority_share": share,
         "collapsed": share > COLLAPSE_SHARE,
         "train_s": round(seconds, 2),
-        "epochs": int(history["epochs"]),
-        "steps": int(history["epochs"] * history["steps_per_epoch"]),
+        "steps": info["steps"],
     }
 
 
 def noise_table(rows: list[dict], recipes, sizes) -> str:
-    """Markdown: one row per (labels, recipe): mean / std / min / max, collapses, seconds."""
+    """Markdown: one row per (labels, recipe): test mean / std / min / max, collapses, steps,
+    seconds, and the validation mean (the column a choice between recipes may be made on)."""
     lines = [
         "| labels | recipe | seeds | mean | std | min | max | collapsed | steps "
-        "| train s (median) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| train s (median) | validation mean |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for size in sizes:
         for name in recipes:
@@ -124,11 +119,13 @@ def noise_table(rows: list[dict], recipes, sizes) -> str:
                 continue
             acc = 100 * np.array([r["accuracy"] for r in rs])
             std = f"{np.std(acc, ddof=1):.2f}" if acc.size > 1 else "–"
+            val = [100 * r["val_accuracy"] for r in rs if "val_accuracy" in r]
+            val_mean = f"{np.mean(val):.2f}" if len(val) == len(rs) else "–"
             lines.append(
                 f"| {size} | {name} | {len(rs)} | {acc.mean():.2f} | {std} | {acc.min():.2f} "
                 f"| {acc.max():.2f} | {sum(r['collapsed'] for r in rs)} "
                 f"| {int(np.median([r['steps'] for r in rs]))} "
-                f"| {np.median([r['train_s'] for r in rs]):.1f} |"
+                f"| {np.median([r['train_s'] for r in rs]):.1f} | {val_mean} |"
             )
     return "\n".join(lines)
 
@@ -192,7 +189,9 @@ def main(argv):
             "",
             table,
             "",
-            f"Test accuracy (%) on {data.test.images.shape[0]} test images of models trained "
+            f"Test accuracy (%) on {data.test.images.shape[0]} test images (validation mean: on "
+            f"the {data.val.images.shape[0]} validation images, the split a recipe is chosen "
+            "on; the test split only reports) of models trained "
             f"from scratch on one fixed random labeled set per size (pool of {pool_size}), one "
             f"row per recipe; VGG16 width {base.width}, {base.epochs} epochs, batch "
             f"{base.batch_size}, lr {base.lr}; collapsed = one class for more than "

@@ -48,7 +48,7 @@ from bal_jax.active_loop import ModelSpec, Split, TrainSettings, run_cycles, sea
 from bal_jax.atomic import atomic_path
 from bal_jax.checkpoint import ModelStore, RunCheckpointer
 from bal_jax.diagnostics import knn_accuracy
-from bal_jax.features import PRETEXT_CODE_VERSION, pretext_outputs
+from bal_jax.features import PRETEXT_CODE_VERSION, SIMCLR_LR, pretext_outputs
 from bal_jax.keys import named_key
 from bal_jax.learners import HeadFeatures
 from bal_jax.methods import (
@@ -236,7 +236,7 @@ PRETEXT_FIELDS = (
 )
 # Pretext settings left out of the cache key while they have their default, so that caches
 # written before they existed (rotation, final features) stay valid.
-PRETEXT_DEFAULTS = {"pretext": "rotation", "feature_layer": "final", "simclr_lr": 1e-3}
+PRETEXT_DEFAULTS = {"pretext": "rotation", "feature_layer": "final", "simclr_lr": SIMCLR_LR}
 # Documented variants of BAL (the paper's is `bal`): each has its own beta search and paired
 # differences in the summary.
 VARIANTS = ("bal_typical", "bal_switch", "bal_herding")
@@ -421,7 +421,7 @@ def _search_beta(
         counts=plan.counts,
         context=context,
         model=ModelSpec(len(d.class_names), d.pool.images.shape[-1], c.width),
-        settings=_main_settings(c),
+        settings=main_settings(c),
         mean=d.mean,
         std=d.std,
         warm_start=c.use_warm_start,
@@ -444,7 +444,8 @@ def _search_beta(
     return result.beta, state
 
 
-def _main_settings(c: Config) -> TrainSettings:
+def main_settings(c: Config) -> TrainSettings:
+    """The main model's training settings of a config (the runner's and experiments.noise's)."""
     return TrainSettings(
         epochs=c.epochs,
         batch_size=c.batch_size,
@@ -525,7 +526,7 @@ def run_experiment(
     )
     log(budget_line(c, plan, pool_size))
     model = ModelSpec(len(d.class_names), d.pool.images.shape[-1], c.width)
-    settings = _main_settings(c)
+    settings = main_settings(c)
     all_records: list[dict] = []
     meta: dict = {"seeds": {}}
 

@@ -103,6 +103,36 @@ def test_embeddings_file_gives_the_builtin_sources_picks(folder, tmp_path):
     assert file_picks == picks
 
 
+def test_simclr_features_are_the_runners_and_survive_export(folder, tmp_path):
+    """--features=simclr trains the runner's SimCLR network (same key, same features), with
+    Adam's default rate; the exported head classifies new images through it."""
+    from bal_jax.features import SIMCLR_LR, pretext_outputs
+    from bal_jax.keys import named_key
+
+    images, truth = folder
+    pretext = TrainSettings(epochs=1, batch_size=32, learning_rate=SIMCLR_LR, eval_batch_size=128)
+    config = dataclasses.replace(CONFIG, features="simclr", width=0.0625)
+    assert config.pretext.learning_rate == SIMCLR_LR  # not the rotation network's SGD rate
+    config = dataclasses.replace(config, pretext=pretext, method="margin")
+    project, _ = run_rounds(str(tmp_path / "p"), images, truth, config, str(tmp_path), 1)
+    outs = pretext_outputs(
+        named_key(jax.random.key(config.seed), "pretext"),
+        project.pool.images_NHWC,
+        model=ModelSpec(4, 3, config.width),
+        settings=pretext,
+        mean=project.mean,
+        std=project.std,
+        pretext="simclr",
+    )
+    np.testing.assert_allclose(outs.features_ND, project._features, rtol=1e-5, atol=1e-5)
+    out = str(tmp_path / "model")
+    project.export(out)
+    preds = str(tmp_path / "preds.csv")
+    predict_folder(out, images, out=preds)
+    with open(preds) as f:
+        assert sum(1 for _ in f) == 121  # header + every image
+
+
 def test_embeddings_file_is_checked_before_any_work(folder, tmp_path):
     images, _ = folder
     emb = str(tmp_path / "emb.npz")

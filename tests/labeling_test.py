@@ -27,7 +27,14 @@ from bal_jax.active_loop import (
 )
 from bal_jax.features import pretext_outputs
 from bal_jax.keys import named_key
-from bal_jax.labeling import LabelingError, LabelingProject, ProjectConfig, formats, models
+from bal_jax.labeling import (
+    LabelingError,
+    LabelingProject,
+    ProjectConfig,
+    featurize,
+    formats,
+    models,
+)
 from bal_jax.labeling.config import PAPER_SETTING
 from bal_jax.methods import SelectionContext, bal_order
 
@@ -320,15 +327,15 @@ def test_init_refusals_and_resume(base_project, images, tmp_path, monkeypatch):
     shutil.rmtree(os.path.join(folders, "junk"))
     write_digits(folders, 30, NUM_IMAGES - 30)  # unlabeled images beside the class folders
     small = dataclasses.replace(TINY, per_round=2, rounds=2)
-    real = models.features
+    real = featurize._network_features
 
     def killed(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(models, "features", killed)
+    monkeypatch.setattr(featurize, "_network_features", killed)
     with pytest.raises(KeyboardInterrupt):
         LabelingProject.create(str(tmp_path / "p4"), images=folders, config=small, log=quiet)
-    monkeypatch.setattr(models, "features", real)
+    monkeypatch.setattr(featurize, "_network_features", real)
     lines = []
     project = LabelingProject.create(
         str(tmp_path / "p4"), images=folders, config=small, log=lines.append

@@ -28,6 +28,6 @@ def test_train_once_and_table_on_digits(monkeypatch):
         c = dataclasses.replace(cfg, recipe=recipe)
         rows.append({"recipe": recipe, "size": 64, "seed": 0, **noise.train_once(c, data, idx, 0)})
     assert rows[0]["steps"] == 2 and rows[1]["steps"] >= 64  # the step floor
-    assert all(0.0 <= r["accuracy"] <= 1.0 for r in rows)
+    assert all(0.0 <= r["accuracy"] <= 1.0 and 0.0 <= r["val_accuracy"] <= 1.0 for r in rows)
     table = noise.noise_table(rows, ["paper", "small_data"], [64])
     assert "| 64 | paper | 1 |" in table and "| 64 | small_data | 1 |" in table

@@ -18,6 +18,7 @@ import os
 from bal_jax.atomic import write_json
 from bal_jax.budgets import BUDGETS, cycle_counts
 from bal_jax.embeddings import FORMATS as EMBEDDING_FORMATS
+from bal_jax.features import SIMCLR_LR
 from bal_jax.labeling import formats
 from bal_jax.methods import METHODS, bal_min_beta
 from bal_jax.settings import TrainSettings
@@ -39,15 +40,21 @@ PAPER_BETA = {"small": 0.75, "medium": 1.3, "large": 2.25}
 _MAX_LISTED = 5
 # CPU-scale defaults (the cifar10_cpu preset's recipe); pass the paper's for GPU runs.
 DEFAULT_PRETEXT = TrainSettings(epochs=10, batch_size=128, learning_rate=0.1, milestones=(7,))
+# SimCLR trains with Adam (warm-up + cosine, no milestones): with --features=simclr the pretext
+# settings default to these (the runner's --simclr_lr).
+DEFAULT_SIMCLR_PRETEXT = TrainSettings(
+    epochs=DEFAULT_PRETEXT.epochs, batch_size=DEFAULT_PRETEXT.batch_size, learning_rate=SIMCLR_LR
+)
 DEFAULT_MAIN = TrainSettings(
     epochs=20, batch_size=64, learning_rate=0.05, milestones=(15,), recipe=RECIPES["small_data"]
 )
 
 
-# Where a project's features come from: the paper's rotation network, k-means patch features
-# (no network; bal_jax.patch_features), or a file of the user's own embeddings
-# (bal_jax.embeddings), given as its path.
-FEATURE_SOURCES = ("patches", "rotation")
+# Where a project's features come from: the paper's rotation network, SimCLR, k-means patch
+# features (no network; bal_jax.patch_features), or a file of the user's own embeddings
+# (bal_jax.embeddings), given as its path. The networks are the runner's own
+# (bal_jax.features.train_pretext_network).
+FEATURE_SOURCES = ("patches", "rotation", "simclr")
 # Runner methods a project can pick with: PT4AL needs rotation losses and DBAL MC dropout,
 # which a project does not compute.
 LABELING_METHODS = tuple(m for m in METHODS if m not in ("pt4al", "dbal"))
@@ -79,12 +86,15 @@ class ProjectConfig:
       per_round, rounds: a custom budget of `rounds` rounds of `per_round` images.
       width: VGG16 channel multiplier.
       seed: every random draw derives from it.
-      pretext, main: optimisation settings of the rotation network and the classifier.
+      pretext, main: optimisation settings of the pretext network and the classifier
+        (with features='simclr', pretext left at `DEFAULT_PRETEXT`, the rotation network's
+        SGD settings, becomes `DEFAULT_SIMCLR_PRETEXT`: Adam at `SIMCLR_LR`).
       beta: balancing factor; None = the released code's value for the budget (PAPER_BETA).
       num_clusters: K-means K; None = the number of classes.
       cv_folds: folds of the cross-validated accuracy `status` reports (and of the linear
         head's L2 choice).
-      features: 'patches', 'rotation' or the path of an embeddings file (`bal_jax.embeddings`).
+      features: 'patches', 'rotation', 'simclr' or the path of an embeddings file
+        (`bal_jax.embeddings`).
       method: the selection method, one of LABELING_METHODS.
       classifier: 'linear' (a head on the features, `bal_jax.heads`) or 'vgg' (VGG16 trained
         from scratch on the images, the paper's).
@@ -110,6 +120,10 @@ class ProjectConfig:
     def features_file(self) -> str | None:
         """The embeddings file, when the features are the user's own."""
         return None if self.features in FEATURE_SOURCES else self.features
+
+    def __post_init__(self):
+        if self.features == "simclr" and self.pretext == DEFAULT_PRETEXT:
+            object.__setattr__(self, "pretext", DEFAULT_SIMCLR_PRETEXT)
 
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)

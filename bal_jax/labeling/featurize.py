@@ -4,11 +4,13 @@
     feats, head_feats = more_features(store, images, ids)    # images added to the folder
     transform = FeatureTransform.load(folder)                # exported with a model
 
-Three sources (`ProjectConfig.features`):
+Four sources (`ProjectConfig.features`):
 - 'patches': k-means patch features (`bal_jax.patch_features`, no network, under a minute for
   10,000 images); selection sees the 64-d whitened features, the linear head the standardised
   4K-d ones (`head_feats`), as the runner's `--pretext=patches` and `bal_jax.heads` do;
-- 'rotation': the paper's rotation network (SPEC Step 1), trained on the pool;
+- 'rotation' (the paper's rotation network, SPEC Step 1) or 'simclr': a pretext network
+  trained on the pool by the runner's own `bal_jax.features.train_pretext_network`, with the
+  runner's keys (same pool, seed and settings: the same network);
 - a file of the user's own embeddings (`bal_jax.embeddings`), read by image id.
 `head_feats` is None where the head uses the selection features themselves; else (N, 2, D):
 each image's and its mirror image's.
@@ -23,12 +25,13 @@ from collections.abc import Callable
 
 import numpy as np
 
-from bal_jax import patch_features, train
+from bal_jax import features, patch_features
 from bal_jax.atomic import atomic_path
 from bal_jax.embeddings import EmbeddingsError, read_embeddings
 from bal_jax.keys import named_key
 from bal_jax.labeling import models
-from bal_jax.labeling.config import LabelingError, ProjectConfig
+from bal_jax.labeling.config import DEFAULT_PRETEXT, LabelingError, ProjectConfig
+from bal_jax.settings import ModelSpec
 
 __all__ = ["FeatureTransform", "more_features", "pool_features"]
 
@@ -82,17 +85,19 @@ def pool_features(store, progress: Callable | None) -> tuple[np.ndarray, np.ndar
         log(f"features: {c.features_file} ({n} images)")
         return _embeddings(c, store.state["images"], pool.ids_N.tolist()), None
     if models.read_meta(store._path(_PRETEXT)) is None:
-        log(f"pretext: rotation network on {n} images")
-        net = models.train_pretext(
+        log(f"pretext: {c.features} network on {n} images")
+        channels = pool.images_NHWC.shape[-1]
+        net = features.train_pretext_network(
             key,
             pool.images_NHWC,
-            width=c.width,
+            pretext=c.features,
+            model=ModelSpec(4, channels, c.width),
             settings=c.pretext,
             mean=store.mean,
             std=store.std,
             progress=progress,
         )
-        meta = {"num_classes": 4, "channels": 3, "width": c.width}
+        meta = {"pretext": c.features, "num_classes": 4, "channels": channels, "width": c.width}
         models.save_model(store._path(_PRETEXT), net, meta=meta)
         log(f"pretext training {time.perf_counter() - t0:.1f}s")
     return more_features(store, pool.images_NHWC, pool.ids_N.tolist())
@@ -108,8 +113,15 @@ def more_features(store, images_NHWC, ids) -> tuple[np.ndarray, np.ndarray | Non
         dim = None if store._features is None else store._features.shape[1]
         return _embeddings(c, store.state["images"], ids, dim), None
     net = models.load_model(store._path(_PRETEXT))[0]
-    feats = models.features(net, images_NHWC, settings=c.pretext, mean=store.mean, std=store.std)
-    return feats, None
+    return _network_features(net, images_NHWC, c.pretext, store.mean, store.std), None
+
+
+def _network_features(net, images_NHWC, settings, mean, std) -> np.ndarray:
+    """(N, D) float32 features of the upright images (SPEC Step 2), the runner's."""
+    return np.asarray(
+        features.network_features(net, images_NHWC, settings=settings, mean=mean, std=std),
+        np.float32,
+    )
 
 
 class FeatureTransform:
@@ -130,7 +142,7 @@ class FeatureTransform:
         if c.features_file is not None:
             return "file"
         shutil.copytree(store._path(_PRETEXT), os.path.join(out_tmp, _PRETEXT))
-        return "rotation"
+        return c.features
 
     def __call__(self, images_NHWC, ids, *, meta: dict, features_file: str | None, root: str):
         if self.source == "patches":
@@ -149,5 +161,5 @@ class FeatureTransform:
             except EmbeddingsError as e:
                 raise LabelingError(str(e)) from None
         net, _ = models.load_model(os.path.join(self.folder, _PRETEXT))
-        out = train.predict(net, images_NHWC, batch_size=512, mean=meta["mean"], std=meta["std"])
-        return np.asarray(out.features_ND, np.float32)
+        # Inference settings only (batch 512, float32).
+        return _network_features(net, images_NHWC, DEFAULT_PRETEXT, meta["mean"], meta["std"])

@@ -1,14 +1,13 @@
-"""The networks of a labeling project: pretext network, classifier, saved with orbax.
+"""The networks of a labeling project (pretext network, classifier), saved with orbax.
 
-    net = train_pretext(key, images, width=0.125, settings=pretext_settings, mean=m, std=s)
-    feats_ND = features(net, images, settings=pretext_settings, mean=m, std=s)
     save_model(path, classifier, meta={"classes": [...], ...})
     classifier, meta = load_model(path)
     predict_folder(path, "new_images/", out="preds.csv")    # path,label,confidence
 
 A saved model is a folder with `checkpoint/` (orbax, the whole `nnx.state`) and `model.json`
 (what is needed to rebuild and use the network: classes, width, channels, image size,
-normalisation). `model.json` is written last, so a folder without it is incomplete.
+normalisation; for a pretext network, which one: `bal_jax.features.pretext_network`).
+`model.json` is written last, so a folder without it is incomplete.
 """
 
 from __future__ import annotations
@@ -26,6 +25,7 @@ from flax import nnx
 from bal_jax import heads, train
 from bal_jax.atomic import atomic_dir, write_text
 from bal_jax.data import decode
+from bal_jax.features import NETWORK_PRETEXTS, pretext_network
 from bal_jax.keys import named_key
 from bal_jax.labeling import pool as pool_lib
 from bal_jax.labeling.config import LabelingError
@@ -35,13 +35,11 @@ from bal_jax.settings import fit_kwargs as _runner_fit_kwargs
 
 __all__ = [
     "cross_validate",
-    "features",
     "fit_kwargs",
     "load_model",
     "predict_folder",
     "read_meta",
     "save_model",
-    "train_pretext",
 ]
 
 _META = "model.json"
@@ -54,58 +52,6 @@ def fit_kwargs(settings: TrainSettings, mean: Sequence[float], std: Sequence[flo
     The runner's own helper, so a project trains exactly as `run_cycles` does.
     """
     return _runner_fit_kwargs(settings, mean, std, None)
-
-
-def train_pretext(
-    key: jax.Array,
-    images_NHWC: np.ndarray,
-    *,
-    width: float,
-    settings: TrainSettings,
-    mean: Sequence[float],
-    std: Sequence[float],
-    progress: Callable | None = None,
-) -> VGG16:
-    """Trains the rotation network on all images (SPEC Step 1).
-
-    Draws the same keys as `bal_jax.features.pretext_outputs`, so a project and the
-    runner given the same pool and key get the same network.
-
-    Args:
-      key: the pretext key (the runner's `named_key(seed_key, "pretext")`).
-      images_NHWC: (N, H, W, C) uint8.
-      width: VGG16 channel multiplier.
-      settings: pretext optimisation settings.
-      mean, std: per-channel normalisation.
-      progress: `callable(epoch, metrics)` after each epoch.
-
-    Returns:
-      The trained 4-way network.
-    """
-    net = VGG16(
-        4, in_channels=images_NHWC.shape[-1], width=width, rngs=nnx.Rngs(named_key(key, "init"))
-    )
-    train.fit_rotation(
-        named_key(key, "train"),
-        net,
-        images_NHWC,
-        **fit_kwargs(settings, mean, std),
-        progress=progress,
-    )
-    return net
-
-
-def features(
-    net: VGG16,
-    images_NHWC: np.ndarray,
-    *,
-    settings: TrainSettings,
-    mean: Sequence[float],
-    std: Sequence[float],
-) -> np.ndarray:
-    """(N, D) float32 backbone features of the upright images (SPEC Step 2)."""
-    out = train.predict(net, images_NHWC, batch_size=settings.eval_batch_size, mean=mean, std=std)
-    return np.asarray(out.features_ND, np.float32)
 
 
 # What a saved model folder may hold (a VGG checkpoint, or a linear head with the feature
@@ -220,9 +166,17 @@ def load_model(path: str) -> tuple[VGG16, dict]:
     checkpoint = os.path.join(os.path.abspath(path), "checkpoint")
     if not os.path.isdir(checkpoint):
         raise LabelingError(f"{path} has {_META} but no checkpoint/; export the model again")
-    net = VGG16(
-        meta["num_classes"], in_channels=meta["channels"], width=meta["width"], rngs=nnx.Rngs(0)
-    )
+    if meta.get("pretext") in NETWORK_PRETEXTS:  # a project's rotation or SimCLR network
+        net = pretext_network(
+            meta["pretext"], in_channels=meta["channels"], width=meta["width"], rngs=nnx.Rngs(0)
+        )
+    else:
+        net = VGG16(
+            meta["num_classes"],
+            in_channels=meta["channels"],
+            width=meta["width"],
+            rngs=nnx.Rngs(0),
+        )
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, nnx.state(net))
     with ocp.StandardCheckpointer() as ckptr:
         state = ckptr.restore(checkpoint, abstract)

@@ -64,6 +64,7 @@ def main(names, size, seeds):
                 "size": size,
                 "seed": seed,
                 "acc": out["accuracy"],
+                "val_acc": out["val_accuracy"],
                 "train_s": round(out["train_s"], 1),
                 "steps": out["steps"],
             }
