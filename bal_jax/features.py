@@ -51,6 +51,9 @@ class PretextOutputs(NamedTuple):
     losses_N: np.ndarray  # rotation losses (PT4AL); NaN for pretexts without them
     seconds: dict[str, float]  # {"pretext": training, "features": features + losses}
     probe_features_MD: np.ndarray | None = None  # features of `probe_images`, if given
+    # 'patches': the fitted `patch_features.PatchTransform` (the linear head's features
+    # come from the same transform; no second fit).
+    transform: patch_features.PatchTransform | None = None
 
 
 # Pretext tasks of `pretext_outputs`: the paper's rotation prediction (SPEC Step 1), SimCLR
@@ -244,5 +247,9 @@ def _patch_outputs(key, images, probe_images) -> PretextOutputs:
         probe = patch_features.patch_features(transform, np.asarray(probe_images))
     losses = np.full((features.shape[0],), np.nan, np.float32)
     return PretextOutputs(
-        features, losses, {"pretext": t1 - t0, "features": time.perf_counter() - t1}, probe
+        features,
+        losses,
+        {"pretext": t1 - t0, "features": time.perf_counter() - t1},
+        probe,
+        transform,
     )

@@ -313,6 +313,9 @@ def _seed_context(
         feats, losses, val_feats = outs.features_ND, outs.losses_N, outs.probe_features_MD
         info = {f"{k}_s": round(v, 2) for k, v in outs.seconds.items()}
         extra = {} if val_feats is None else {"val_features": val_feats}
+        if outs.transform is not None:  # kept for the linear head (_head_features)
+            arrays = patch_features.transform_arrays(outs.transform)
+            extra |= {f"{_TRANSFORM}{k}": v for k, v in arrays.items()}
         if is_primary():
             _save_npz(
                 path,
@@ -363,6 +366,21 @@ def _seed_context(
     return context, info
 
 
+# Prefix of the patch transform's arrays in a `--pretext=patches` pretext cache file.
+_TRANSFORM = "transform_"
+
+
+def _stored_transform(cache_dir: str, pretext_seed: int, d: Data):
+    """The patch transform `_seed_context` fitted and cached for this pretext seed, or None."""
+    z = _cached(os.path.join(cache_dir, f"seed{pretext_seed}.npz"), d, lambda _: None)
+    if z is None or not any(k.startswith(_TRANSFORM) for k in z.files):
+        return None
+    n = len(_TRANSFORM)
+    return patch_features.transform_from_arrays(
+        {k[n:]: z[k] for k in z.files if k[:n] == _TRANSFORM}
+    )
+
+
 def _head_features(c: Config, d: Data, seed: int, pretext_dir: str, log) -> HeadFeatures:
     """`--classifier=linear`'s features (cached beside the pretext features): the patch
     transform of the seed's pretext (the same key, so the same transform) on the pool,
@@ -376,8 +394,10 @@ def _head_features(c: Config, d: Data, seed: int, pretext_dir: str, log) -> Head
     if z is not None:
         return HeadFeatures(z["pool"], z["test"], z["val"])
     t0 = time.perf_counter()
-    key = named_key(named_key(jax.random.key(pretext_seed), "pretext"), "patches")
-    t = patch_features.fit_patch_features(key, d.pool.images)
+    t = _stored_transform(pretext_cache_dir(c, pretext_dir), pretext_seed, d)
+    if t is None:  # a pretext cache written before the transform was kept in it
+        key = named_key(named_key(jax.random.key(pretext_seed), "pretext"), "patches")
+        t = patch_features.fit_patch_features(key, d.pool.images)
 
     def views(images):
         if flip:

@@ -135,3 +135,30 @@ def test_model_dir_shares_trained_models_across_runs(clean_run, tmp_path):
     assert all(r["shared_model"] for r in again)
     assert len(os.listdir(models)) == stored
     assert not os.path.exists(os.path.join(tmp_path, "seed0", "models"))
+
+
+def test_linear_head_reuses_the_pretexts_patch_transform(tmp_path):
+    """--classifier=linear: the head's features come from the patch transform the pretext
+    stage fitted and cached (no second fit; a run of methods that need no pretext features
+    fits it for the head alone)."""
+    from bal_jax import patch_features
+    from experiments import config as config_lib
+    from experiments.pipeline import load_data
+
+    workdir = str(tmp_path / "linear")
+    proc = _run(workdir, "--pretext=patches", "--classifier=linear", "--method=typiclust")
+    records = report.read_jsonl(os.path.join(workdir, "results.jsonl"))
+    assert len(records) == 2 and all(r["l2"] > 0 and 0 <= r["accuracy"] <= 1 for r in records)
+    (cache,) = [
+        os.path.join(root, f)
+        for root, _, files in os.walk(os.path.join(tmp_path, "pretext"))
+        for f in files
+        if f == "seed0_head.npz"
+    ]
+    pretext = np.load(os.path.join(os.path.dirname(cache), "seed0.npz"))
+    stored = {k[10:]: pretext[k] for k in pretext.files if k.startswith("transform_")}
+    transform = patch_features.transform_from_arrays(stored)
+    data = load_data(config_lib.digits_cpu())
+    expected = patch_features.patch_features(transform, data.pool.images[:50], whiten=False)
+    np.testing.assert_allclose(np.load(cache)["pool"][:50], expected, rtol=1e-4, atol=1e-4)
+    assert "linear head features" in proc.stderr + proc.stdout
