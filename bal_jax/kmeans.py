@@ -245,6 +245,21 @@ def _seeding_rows(key, x_ND, x_sq_N, w_N, size):
     return x_ND[idx_S], x_sq_N[idx_S], w_N[idx_S]
 
 
+def _nearest(x_cD, x_sq_c, centers_KD, c_sq_K):
+    """Index and squared distance of each row's nearest center (the lowest index on ties).
+
+    The index minimises ``||c||^2 - 2 x.c`` (``||x||^2`` is the same for every center, so it is
+    added to the minimum only), taken as the lowest column attaining the row minimum: XLA:CPU's
+    argmin is a two-operand reduction about 10x slower than a min, and it made the Lloyd step
+    twice the matmul's time (1M x 512, K=200: 1.49 s against 0.71 s).
+    """
+    s_cK = c_sq_K[None, :] - 2.0 * jnp.dot(x_cD, centers_KD.T, precision=_HIGHEST)
+    min_c1 = jnp.min(s_cK, axis=1, keepdims=True)
+    col_cK = lax.broadcasted_iota(jnp.int32, s_cK.shape, 1)
+    assign_c = jnp.min(jnp.where(s_cK == min_c1, col_cK, s_cK.shape[1]), axis=1)
+    return assign_c, jnp.maximum(min_c1[:, 0] + x_sq_c, 0.0)
+
+
 def _e_step(x_ND, x_sq_N, w_N, centers_KD, chunk_size):
     """Nearest center of every point, plus the per-cluster sums the M-step needs."""
     num_clusters, dim = centers_KD.shape
@@ -253,9 +268,7 @@ def _e_step(x_ND, x_sq_N, w_N, centers_KD, chunk_size):
     def fn(carry, block, valid):
         sums_KD, counts_K, inertia = carry
         x, x_sq, w = block
-        d2_cK = _sq_dists(x, x_sq, centers_KD, c_sq_K)
-        assign_c = jnp.argmin(d2_cK, axis=1).astype(jnp.int32)
-        dmin_c = jnp.min(d2_cK, axis=1)
+        assign_c, dmin_c = _nearest(x, x_sq, centers_KD, c_sq_K)
         wv_c = jnp.where(valid, w, 0.0)
         # segment_sum is a scatter-add: one pass over x, no (c, K) one-hot matmul.
         sums_KD += jax.ops.segment_sum(x * wv_c[:, None], assign_c, num_clusters)

@@ -59,8 +59,8 @@ def default_cpu_devices(cores: int | None = None) -> int:
 
 def use_cpu_devices(count: int | None = None, environ=os.environ) -> int | None:
     """Splits the CPU into `count` XLA devices (default `default_cpu_devices()`) before JAX
-    starts its backend: the runner's mesh then shards every batch over them, and on a CPU two
-    devices on two cores train about 1.7x faster than one (benchmarks/host_devices.py).
+    starts its backend: the runner's mesh then shards every batch over them (on a 2-core CPU,
+    2 devices trained 1.09x faster than one and inferred at 0.98x, benchmarks/host_devices.py).
 
     Left alone (returns None) when XLA_FLAGS already sets a device count: the user's choice,
     or `experiments.launch`'s. Only the CPU backend reads the flag, so GPU and TPU runs are

@@ -210,6 +210,20 @@ def test_kmeans_bad_options():
         kmeans(jax.random.key(0), x, 3, init_size=2)
 
 
+def test_nearest_center_is_argmin_with_lowest_index_on_ties():
+    from bal_jax.kmeans import _nearest
+
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(300, 16)).astype(np.float32)
+    c = np.concatenate([x[:5], x[3:4], rng.normal(size=(4, 16))]).astype(np.float32)  # 5 == 3
+    idx, d2 = _nearest(jnp.asarray(x), jnp.sum(x * x, 1), jnp.asarray(c), jnp.sum(c * c, 1))
+    ref = _np_sq_dists(x, c)
+    np.testing.assert_array_equal(idx, ref.argmin(1))  # row 3 ties centers 3 and 5: 3
+    assert int(idx[3]) == 3 and int(idx[0]) == 0
+    np.testing.assert_allclose(d2, ref.min(1), rtol=1e-4, atol=1e-3)
+    assert float(jnp.min(d2)) >= 0.0
+
+
 def test_seeding_on_a_sample_of_a_large_pool():
     x = _random_5000x64()
     key = jax.random.key(4)
