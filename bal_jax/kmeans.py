@@ -9,10 +9,12 @@ Usage::
 `kmeans` runs the greedy k-means++ initialisation of scikit-learn (2 + ln K local trials per
 center; the default of `sklearn.cluster.KMeans`, which the released BAL code called) and then
 Lloyd iterations in a `lax.while_loop` with scikit-learn's stopping rule. On pools of more than
-`INIT_SIZE` rows the seeding runs on `INIT_SIZE` rows drawn uniformly (as faiss trains on a
-sample and scikit-learn's `MiniBatchKMeans` seeds on `init_size` rows): its K sequential passes
-are memory-bound, and at 1M x 512, K = 200 they cost more than the 20 Lloyd iterations; the
-Lloyd iterations always see every row. Distances are
+``seeding_size(K) = max(INIT_SIZE, 64 K)`` rows (32,768 for K <= 512) the seeding runs on that
+many rows drawn uniformly (as faiss trains on a sample of at most 256 rows per center and
+scikit-learn's `MiniBatchKMeans` seeds on `init_size` rows): its K sequential passes over the
+seeded rows are memory-bound, and over all of a 1M x 512 pool (K = 200) they took longer than
+the 20 Lloyd iterations (about 60 s; 1 s on 32,768 rows). The Lloyd iterations always see
+every row. Distances are
 ``||x||^2 - 2 x.c + ||c||^2`` so the work lands on the matrix unit.
 
 Memory and speed: the pool is visited in blocks of at most ``chunk_size`` rows (default and
@@ -50,9 +52,13 @@ __all__ = [
 ]
 
 _HIGHEST = lax.Precision.HIGHEST
-# Most rows the k-means++ seeding visits (pools up to 2^17 rows, e.g. every dataset of the
-# paper, are seeded on all of their rows, bit for bit as before).
-INIT_SIZE = 131_072
+# Fewest rows the k-means++ seeding visits when it samples (`seeding_size`).
+INIT_SIZE = 32_768
+
+
+def seeding_size(num_clusters: int) -> int:
+    """Most rows the k-means++ seeding of `num_clusters` centers visits: max(INIT_SIZE, 64 K)."""
+    return max(INIT_SIZE, 64 * num_clusters)
 
 
 class KMeansResult(NamedTuple):
@@ -245,19 +251,25 @@ def _seeding_rows(key, x_ND, x_sq_N, w_N, size):
     return x_ND[idx_S], x_sq_N[idx_S], w_N[idx_S]
 
 
-def _nearest(x_cD, x_sq_c, centers_KD, c_sq_K):
-    """Index and squared distance of each row's nearest center (the lowest index on ties).
+def _scores(x_cD, centers_KD, c_sq_K):
+    """``||c||^2 - 2 x.c``: the squared distance less ``||x||^2``, which is the same for every
+    center, so a row's order of centers is that of its distances."""
+    return c_sq_K[None, :] - 2.0 * jnp.dot(x_cD, centers_KD.T, precision=_HIGHEST)
 
-    The index minimises ``||c||^2 - 2 x.c`` (``||x||^2`` is the same for every center, so it is
-    added to the minimum only), taken as the lowest column attaining the row minimum: XLA:CPU's
-    argmin is a two-operand reduction about 10x slower than a min, and it made the Lloyd step
-    twice the matmul's time (1M x 512, K=200: 1.49 s against 0.71 s).
-    """
-    s_cK = c_sq_K[None, :] - 2.0 * jnp.dot(x_cD, centers_KD.T, precision=_HIGHEST)
-    min_c1 = jnp.min(s_cK, axis=1, keepdims=True)
+
+def _first_min(s_cK, min_c1):
+    """The lowest column attaining each row's minimum `min_c1` ((c, 1)): XLA:CPU's argmin is a
+    two-operand reduction about 10x slower than a min, and with it the Lloyd step took 2.1x
+    the matmul's time (1M x 512, K=200: 1.49 s against 0.71 s; 1.24 s without it)."""
     col_cK = lax.broadcasted_iota(jnp.int32, s_cK.shape, 1)
-    assign_c = jnp.min(jnp.where(s_cK == min_c1, col_cK, s_cK.shape[1]), axis=1)
-    return assign_c, jnp.maximum(min_c1[:, 0] + x_sq_c, 0.0)
+    return jnp.min(jnp.where(s_cK == min_c1, col_cK, s_cK.shape[1]), axis=1)
+
+
+def _nearest(x_cD, x_sq_c, centers_KD, c_sq_K):
+    """Index and squared distance of each row's nearest center (the lowest index on ties)."""
+    s_cK = _scores(x_cD, centers_KD, c_sq_K)
+    min_c1 = jnp.min(s_cK, axis=1, keepdims=True)
+    return _first_min(s_cK, min_c1), jnp.maximum(min_c1[:, 0] + x_sq_c, 0.0)
 
 
 def _e_step(x_ND, x_sq_N, w_N, centers_KD, chunk_size):
@@ -317,7 +329,7 @@ def kmeans_core(
     *,
     num_clusters: int,
     chunk_size: int | None,
-    init_size: int = INIT_SIZE,
+    init_size: int | None = None,
 ) -> KMeansResult:
     """Jitted k-means on the points where `mask_N` is True (others get assignments only).
 
@@ -328,6 +340,7 @@ def kmeans_core(
     x_sq_N = jnp.sum(x_ND * x_ND, axis=1)
     tol_abs = tol * _weighted_mean_variance(x_ND, w_N, chunk_size)
     seed_rows = (x_ND, x_sq_N, w_N)
+    init_size = seeding_size(num_clusters) if init_size is None else init_size
     if x_ND.shape[0] > init_size:
         seed_rows = _seeding_rows(jax.random.fold_in(key, 1), *seed_rows, init_size)
     centers_KD = _kmeans_plus_plus(key, *seed_rows, num_clusters)
@@ -381,7 +394,7 @@ def kmeans(
     tol: float = 1e-4,
     chunk_size: int | None = None,
     n_init: int = 10,
-    init_size: int = INIT_SIZE,
+    init_size: int | None = None,
 ) -> KMeansResult:
     """K-means with greedy k-means++ initialisation and Lloyd iterations (SPEC Step 2).
 
@@ -408,8 +421,9 @@ def kmeans(
       chunk_size: most rows per distance block (None: `BLOCK_ROWS`, the fastest here).
       n_init: independent starts (>= 1). Start i uses ``jax.random.split(key, n_init)[i]``;
         with ``n_init=1`` the key itself, so one start reproduces earlier single-start runs.
-      init_size: most rows the k-means++ seeding visits (>= num_clusters; default
-        `INIT_SIZE`): larger pools are seeded on that many rows drawn uniformly.
+      init_size: most rows the k-means++ seeding visits (>= num_clusters; None:
+        `seeding_size(num_clusters)`): larger pools are seeded on that many rows drawn
+        uniformly.
 
     Returns:
       KMeansResult(centers (K, D), assignments (N,) int32, inertia (), num_iters () int32)
@@ -429,7 +443,8 @@ def kmeans(
         raise ValueError(f"tol must be a finite number >= 0, got {tol!r}")
     chunk_size = check_chunk_size(chunk_size)
     n_init = _check_int(n_init, "n_init", 1)
-    init_size = _check_int(init_size, "init_size", num_clusters)
+    if init_size is not None:
+        init_size = _check_int(init_size, "init_size", num_clusters)
     check_finite(x_ND, "x")
     args = (
         x_ND,
