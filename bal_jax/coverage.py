@@ -39,7 +39,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from bal_jax.kmeans import _sq_dists, as_float_matrix, check_finite, kmeans, map_chunks
+from bal_jax.blocks import _sq_dists, as_float_matrix, check_finite, map_chunks
+from bal_jax.kmeans import kmeans
 from bal_jax.sampling import _check_k, _check_labeled
 
 __all__ = [

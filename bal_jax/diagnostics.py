@@ -20,7 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bal_jax.kmeans import as_float_matrix, check_finite, kmeans
+from bal_jax.blocks import as_float_matrix, check_finite
+from bal_jax.kmeans import kmeans
 
 METRICS = ("cosine", "euclidean")
 

@@ -20,17 +20,16 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from bal_jax.kmeans import (
+from bal_jax.blocks import (
     _sq_dists,
     as_float_matrix,
     check_chunk_size,
     check_finite,
     is_tracer,
-    kmeans,
-    kmeans_core,
     map_chunks,
     sample_proportional,
 )
+from bal_jax.kmeans import kmeans, kmeans_core
 from bal_jax.sampling import (
     _HIGHEST,
     _as_probs,

@@ -34,7 +34,7 @@ import numpy as np
 from jax import lax
 from jax.scipy.special import entr
 
-from bal_jax.kmeans import as_float_matrix, check_finite, is_tracer
+from bal_jax.blocks import as_float_matrix, check_finite, is_tracer
 
 __all__ = [
     "bald",

@@ -30,7 +30,8 @@ import jax
 import numpy as np
 
 from bal_jax import diversity, sampling, subpools
-from bal_jax.kmeans import as_float_matrix, check_finite, kmeans
+from bal_jax.blocks import as_float_matrix, check_finite
+from bal_jax.kmeans import kmeans
 
 __all__ = ["bal_typical_select", "coverage_select"]
 

@@ -1,11 +1,6 @@
-"""experiments.classifiers: the kNN score, the choice on validation, a toy run on digits."""
-
-import os
-import subprocess
-import sys
+"""experiments.classifiers: the kNN score, the choice on validation, the tables."""
 
 import numpy as np
-from runner_util import ROOT, runner_env
 
 from experiments import classifiers
 
@@ -24,13 +19,16 @@ def test_chosen_is_the_highest_mean():
     assert classifiers.chosen(rows, ("a", "b"), "val", "o") == "b"
 
 
-def test_toy_run_scores_validation_and_test(tmp_path):
-    out = tmp_path / "classifiers.md"
-    cmd = [sys.executable, "-m", "experiments.classifiers", "--config=digits_cpu"]
-    cmd += ["--sizes=40", "--seeds=0", f"--out={out}"]
-    proc = subprocess.run(cmd, cwd=ROOT, env=runner_env(), capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    text = out.read_text()
-    assert "validation accuracy % (chooses)" in text and "test accuracy % (reports only)" in text
-    assert "Chosen on validation (highest mean over the sizes): **`linear" in text
-    assert os.path.getsize(out) > 0 and "| **" in text  # the chosen PCA dimension is marked
+def test_tables_choose_on_validation_and_report_test():
+    rows = [
+        dict(option=o, size=s, seed=seed, val=v + 0.01 * seed, test=v - 0.05, seconds=1.0)
+        for o, v in zip(classifiers.OPTIONS, (0.3, 0.4, 0.5), strict=True)
+        for s in (10, 20)
+        for seed in (0, 1)
+    ]
+    assert classifiers.chosen(rows, classifiers.OPTIONS, "val", "option") == "linear_flip"
+    val = classifiers.table(rows, [10, 20], "val")
+    assert "| `linear_flip` | 50.5 ± 0.5 | 50.5 ± 0.5 | 50.5 | 1.0 |" in val
+    assert "| `linear_flip` | 45.0 ± 0.0 |" in classifiers.table(rows, [10, 20], "test")
+    line = classifiers.paired(rows, [10, 20], "linear_flip", "linear")
+    assert line.startswith("`linear_flip` minus `linear` on validation") and "+10.0 ± 0.0" in line

@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 from sklearn.cluster import KMeans
 
+from bal_jax.blocks import BLOCK_ROWS, block_rows
 from bal_jax.kmeans import (
-    BLOCK_ROWS,
-    block_rows,
     cdd,
     cdd_order,
     kmeans,
