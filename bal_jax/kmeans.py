@@ -207,7 +207,12 @@ def kmeans_core(
     """
     w_N = mask_N.astype(x_ND.dtype)
     x_sq_N = jnp.sum(x_ND * x_ND, axis=1)
-    tol_abs = tol * _weighted_mean_variance(x_ND, w_N, chunk_size)
+    # The tolerance's scale costs two passes over the pool: skipped when tol is 0.
+    tol_abs = lax.cond(
+        tol > 0,
+        lambda: tol * _weighted_mean_variance(x_ND, w_N, chunk_size),
+        lambda: jnp.zeros((), x_ND.dtype),
+    )
     seed_rows = (x_ND, x_sq_N, w_N)
     init_size = seeding_size(num_clusters) if init_size is None else init_size
     if x_ND.shape[0] > init_size:

@@ -95,11 +95,11 @@ def test_embeddings_file_gives_the_builtin_sources_picks(folder, tmp_path):
     built-in source picks (TypiClust reads only the selection features)."""
     images, truth = folder
     config = dataclasses.replace(CONFIG, method="typiclust")
-    built, picks = run_rounds(str(tmp_path / "a"), images, truth, config, str(tmp_path))
+    built, picks = run_rounds(str(tmp_path / "a"), images, truth, config, str(tmp_path), 2)
     emb = str(tmp_path / "emb.npz")
     np.savez(emb, ids=built.pool.ids_N, embeddings=built._features)
     from_file = dataclasses.replace(config, features=emb)
-    _, file_picks = run_rounds(str(tmp_path / "b"), images, truth, from_file, str(tmp_path))
+    _, file_picks = run_rounds(str(tmp_path / "b"), images, truth, from_file, str(tmp_path), 2)
     assert file_picks == picks
 
 
