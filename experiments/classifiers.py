@@ -226,8 +226,8 @@ def main(argv):
             f"({len(heads.L2_GRID)} L2 values x 3 folds) and the final fit, on the shared "
             "2-core CPU (the first fit of each shape includes XLA compilation).",
             "VGG16 from scratch, `small_data` recipe, width 1/8 (experiments/reports/noise.md, "
-            "one random labeled set, 5 training seeds): 32.4 ± 1.7 % test accuracy at 200 "
-            "labels, 47.3 ± 1.4 % at 1,000, 1-2 minutes per fit on this CPU.",
+            "one random labeled set, 5 training seeds): 31.2 ± 2.7 % test accuracy at 200 "
+            "labels, 45.7 ± 2.2 % at 1,000, 30-60 s per fit on this CPU.",
             "## Selection features: PCA dimensions",
             f"{KNN_K}-NN accuracy % (cosine) of the validation / test images against the "
             "labeled set, on the whitened patch features with that many PCA dimensions "

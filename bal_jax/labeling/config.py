@@ -61,7 +61,7 @@ LABELING_METHODS = tuple(m for m in METHODS if m not in ("pt4al", "dbal"))
 CLASSIFIERS = ("linear", "vgg")
 # The defaults are the measured best at low budgets on CIFAR-10 (see README, Labeling), each
 # chosen on data that may choose it: a linear head on the patch features (its L2 by CV on the
-# labels; 47 / 57 % test accuracy from 300 / 1,000 random labels against 32-47 % for a VGG16
+# labels; 47 / 57 % test accuracy from 300 / 1,000 random labels against 31-46 % for a VGG16
 # from scratch, experiments/reports/classifiers.md) and, with that head, bal_herding
 # (MaxHerding's coverage below 10 % labeled, the paper's BAL after): in the small-budget run of
 # experiments/reports/cifar10_cpu_linear the MaxHerding cold start had the best VALIDATION
