@@ -1,5 +1,6 @@
 """The runner end to end on digits at toy size: outputs, kill-and-resume, refusals."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -146,14 +147,10 @@ def test_linear_head_reuses_the_pretexts_patch_transform(tmp_path):
     from experiments.pipeline import load_data
 
     workdir = str(tmp_path / "linear")
-    # One cycle: each labeled-set size compiles its own cross-validated head.
-    proc = _run(
-        workdir,
-        "--pretext=patches",
-        "--classifier=linear",
-        "--method=typiclust",
-        "--fractions=0.03",
-    )
+    # One cycle (each labeled-set size compiles its own cross-validated head) on a 240-image
+    # pool: the patch transform is fitted on, and featurises, every image.
+    small = ["--train_subset=300", "--val_size=60", "--test_subset=100", "--fractions=0.05"]
+    proc = _run(workdir, "--pretext=patches", "--classifier=linear", "--method=typiclust", *small)
     records = report.read_jsonl(os.path.join(workdir, "results.jsonl"))
     assert len(records) == 1 and all(r["l2"] > 0 and 0 <= r["accuracy"] <= 1 for r in records)
     (cache,) = [
@@ -165,7 +162,9 @@ def test_linear_head_reuses_the_pretexts_patch_transform(tmp_path):
     pretext = np.load(os.path.join(os.path.dirname(cache), "seed0.npz"))
     stored = {k[10:]: pretext[k] for k in pretext.files if k.startswith("transform_")}
     transform = patch_features.transform_from_arrays(stored)
-    data = load_data(config_lib.digits_cpu())
+    data = load_data(
+        dataclasses.replace(config_lib.digits_cpu(), train_subset=300, val_size=60, test_subset=100)
+    )
     expected = patch_features.patch_features(transform, data.pool.images[:50], whiten=False)
     np.testing.assert_allclose(np.load(cache)["pool"][:50], expected, rtol=1e-4, atol=1e-4)
     assert "linear head features" in proc.stderr + proc.stdout
