@@ -27,6 +27,7 @@ from bal_jax.settings import ModelSpec, TrainSettings, fit_kwargs
 
 __all__ = [
     "FEATURE_VIEWS",
+    "NETWORK_PRETEXTS",
     "PRETEXTS",
     "PRETEXT_CODE_VERSION",
     "SIMCLR_LR",

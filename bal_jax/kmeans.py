@@ -13,8 +13,7 @@ Lloyd iterations in a `lax.while_loop` with scikit-learn's stopping rule. On poo
 many rows drawn uniformly (as faiss trains on a sample of at most 256 rows per center and
 scikit-learn's `MiniBatchKMeans` seeds on `init_size` rows): its K sequential passes over the
 seeded rows are memory-bound, and over all of a 1M x 512 pool (K = 200) they took longer than
-the 20 Lloyd iterations (about 60 s; 1 s on 32,768 rows). The Lloyd iterations always see
-every row. Distances are
+the 20 Lloyd iterations. The Lloyd iterations always see every row. Distances are
 ``||x||^2 - 2 x.c + ||c||^2`` so the work lands on the matrix unit.
 
 Memory and speed: the pool is visited in blocks (`bal_jax.blocks.map_chunks`), so apart from
@@ -120,25 +119,19 @@ def _seeding_rows(key, x_ND, x_sq_N, w_N, size):
     return x_ND[idx_S], x_sq_N[idx_S], w_N[idx_S]
 
 
-def _scores(x_cD, centers_KD, c_sq_K):
-    """``||c||^2 - 2 x.c``: the squared distance less ``||x||^2``, which is the same for every
-    center, so a row's order of centers is that of its distances."""
-    return c_sq_K[None, :] - 2.0 * jnp.dot(x_cD, centers_KD.T, precision=_HIGHEST)
-
-
-def _first_min(s_cK, min_c1):
-    """The lowest column attaining each row's minimum `min_c1` ((c, 1)): XLA:CPU's argmin is a
-    two-operand reduction about 10x slower than a min, and with it the Lloyd step took 2.1x
-    the matmul's time (1M x 512, K=200: 1.49 s against 0.71 s; 1.24 s without it)."""
-    col_cK = lax.broadcasted_iota(jnp.int32, s_cK.shape, 1)
-    return jnp.min(jnp.where(s_cK == min_c1, col_cK, s_cK.shape[1]), axis=1)
-
-
 def _nearest(x_cD, x_sq_c, centers_KD, c_sq_K):
-    """Index and squared distance of each row's nearest center (the lowest index on ties)."""
-    s_cK = _scores(x_cD, centers_KD, c_sq_K)
+    """Index and squared distance of each row's nearest center (the lowest index on ties).
+
+    The index minimises ``||c||^2 - 2 x.c`` (``||x||^2`` is the same for every center, so it
+    is added to the minimum only), taken as the lowest column attaining the row minimum:
+    XLA:CPU's argmin is a two-operand reduction several times slower than a min, and it kept
+    the Lloyd step far above the matmul's time (benchmarks/results_kmeans.md).
+    """
+    s_cK = c_sq_K[None, :] - 2.0 * jnp.dot(x_cD, centers_KD.T, precision=_HIGHEST)
     min_c1 = jnp.min(s_cK, axis=1, keepdims=True)
-    return _first_min(s_cK, min_c1), jnp.maximum(min_c1[:, 0] + x_sq_c, 0.0)
+    col_cK = lax.broadcasted_iota(jnp.int32, s_cK.shape, 1)
+    assign_c = jnp.min(jnp.where(s_cK == min_c1, col_cK, s_cK.shape[1]), axis=1)
+    return assign_c, jnp.maximum(min_c1[:, 0] + x_sq_c, 0.0)
 
 
 def _e_step(x_ND, x_sq_N, w_N, centers_KD, chunk_size):

@@ -164,6 +164,8 @@ def summary(records: Sequence[dict], runs, references: Sequence[str], title: str
         if ref not in methods:
             raise CompareError(f"--reference={ref} is not among the merged methods {methods}")
     lines = [f"# {title}", "", report.accuracy_table(records, methods), ""]
+    means = report.curve_means_table(records, methods)
+    lines += [means, ""] if means else []
     for ref in references:
         lines += [report.paired_difference_table(records, ref, methods), ""]
     balance = report.class_balance_table(records, methods)

@@ -168,6 +168,31 @@ def paired_difference_table(
     return "\n".join(lines)
 
 
+def curve_means_table(records: Sequence[dict], methods: Sequence[str] | None = None) -> str:
+    """Mean over the curve (each fraction's mean over seeds, averaged over the fractions) of
+    test accuracy and, where every record has it, of validation accuracy: the column a choice
+    between methods may be made on. Empty when no record has a validation accuracy."""
+    if not any("val_accuracy" in r for r in records):
+        return ""
+    lines = [
+        "| method | test, mean over the curve | validation, mean over the curve |",
+        "|---|---|---|",
+    ]
+    for m in _method_order(records, methods):
+        rs = [r for r in records if r["method"] == m]
+        cells = []
+        for key in ("accuracy", "val_accuracy"):
+            if any(r.get(key) is None for r in rs):
+                cells.append("–")  # a record without it: no mean that could mislead
+                continue
+            by_fraction: dict[float, list[float]] = defaultdict(list)
+            for r in rs:
+                by_fraction[round(r["fraction"], 4)].append(100.0 * r[key])
+            cells.append(f"{np.mean([np.mean(v) for v in by_fraction.values()]):.2f}")
+        lines.append(f"| {m} | {cells[0]} | {cells[1]} |")
+    return "\n".join(lines)
+
+
 def class_balance_table(records: Sequence[dict], methods: Sequence[str] | None = None) -> str:
     """How evenly each method's labeled set covers the classes, per labeled fraction.
 

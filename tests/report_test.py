@@ -107,3 +107,17 @@ def test_accuracy_table_names_methods_with_fewer_seeds():
     ]
     text = report.accuracy_table(recs)
     assert "over 3 seed(s) [0, 1, 2]" in text and "Fewer seeds for b: [0]." in text
+
+
+def test_curve_means_table_averages_test_and_validation_over_the_curve():
+    recs = _records()
+    assert report.curve_means_table(recs) == ""  # no validation accuracies: no table
+    for r in recs:
+        r["val_accuracy"] = r["accuracy"] - 0.02
+    lines = report.curve_means_table(recs, ["bal", "random"]).splitlines()
+    # bal: 65 at 2 %, 75 at 4 % -> 70 over the curve; validation 2 points lower.
+    assert lines[2] == "| bal | 70.00 | 68.00 |"
+    assert lines[3] == "| random | 60.00 | 58.00 |"
+    bal = next(r for r in recs if r["method"] == "bal")
+    del bal["val_accuracy"]  # one record without it: that method's validation is unknown
+    assert report.curve_means_table(recs, ["bal"]).splitlines()[2] == "| bal | 70.00 | – |"
