@@ -1,13 +1,16 @@
 """Shared pytest setup: strict rank promotion, as the house style asks, and one persistent
-XLA compilation cache for the session.
+XLA compilation cache for the runner subprocesses of the session.
 
-Much of the suite's time is XLA compiling small VGG16 programs that then run a few steps (one
-width-1/16 training step takes about 10 s to compile on the 2-core CI machine), and the
-runner's subprocess runs compile the same programs again. A cache folder made fresh for each
-session (so no run depends on an earlier one) lets every process after the first load them;
-the environment variable reaches the subprocesses and the xdist workers too. Set
-JAX_COMPILATION_CACHE_DIR to use another folder. (XLA's optimisation level 0 would halve the
-compile times, but changes losses by up to 0.09 against the reference computations.)
+Much of the suite's time is XLA compiling small VGG16 programs that then run a few steps, and
+the runner's subprocess runs compile the same programs again. A cache folder made fresh for
+each session (so no run depends on an earlier one) lets every subprocess after the first load
+them; the environment variables reach the subprocesses. Set JAX_COMPILATION_CACHE_DIR to use
+another folder. The pytest processes themselves do not use it: their programs differ from the
+subprocesses' (another XLA optimisation level, which is part of the cache key), and a single
+`-n 0` process that had compiled several hundred programs died with SIGSEGV inside XLA's
+executable serialisation for the cache (jax 0.10.2). (XLA's optimisation level 0 would halve
+the in-process compile times, but changes losses by up to 0.09 against the reference
+computations.)
 """
 
 import atexit
@@ -19,11 +22,16 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     _cache = tempfile.mkdtemp(prefix="bal_jax_test_xla_cache_")
     atexit.register(shutil.rmtree, _cache, ignore_errors=True)
     os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache
+# Every program, however fast it compiled: the runner subprocesses compile at XLA's
+# optimisation level 0 (tests/runner_util.py), where most toy programs take under JAX's default
+# 1 s threshold, so without this a rerun loaded 2 of its 138 programs (25 -> 16 s a tiny run).
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
-import jax  # after the cache folder is set: JAX reads it at import
+import jax
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
-jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+jax.config.update("jax_enable_compilation_cache", False)  # in this process; see above
 
 
 # The files that take longest (each over a minute of one worker on the 2-core CI machine),

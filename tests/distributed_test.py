@@ -1,8 +1,8 @@
-"""Several processes (issue 15): `experiments.launch` with 2 processes x 2 CPU devices against
-1 process x 4 devices on a tiny digits run, kill-and-resume, and the refusals.
+"""Several processes (issue 15): `experiments.launch` with 2 processes x 1 CPU device against
+1 process x 2 devices on a tiny digits run, kill-and-resume, and the refusals.
 
 Both layouts run through `jax.distributed` and gloo, so every cross-device sum is reduced in the
-same order, and with ``NPROC=4`` every process has the same XLA:CPU intra-op thread pool
+same order, and with ``NPROC=2`` every process has the same XLA:CPU intra-op thread pool
 (XLA sizes it max(NPROC or the cores, local devices), and splits reductions and convolutions
 over it). With both fixed the two layouts compute bit for bit the same numbers, so selections
 and accuracies are compared exactly: any difference is a bug in how the processes share the
@@ -46,7 +46,7 @@ TIMEOUT_S = 1200
 
 
 def _env(cache_dir):
-    env = dict(runner_env(), NPROC="4")  # runner_env: XLA's unoptimised, faster-compiling code
+    env = dict(runner_env(), NPROC="2")  # runner_env: XLA's unoptimised, faster-compiling code
     # Compiled programs shared by the killed run and its relaunch (not by the two layouts:
     # their device assignments differ).
     env["JAX_COMPILATION_CACHE_DIR"] = str(cache_dir)
@@ -96,12 +96,12 @@ def runs(tmp_path_factory):
     env = _env(base / "jax_cache")
     # Separate parents: each layout trains its own pretext network (pretext/ beside the workdir).
     one, two = base / "one" / "run", base / "two" / "run"
-    ref, ref_wall = _launch(1, 4, one, env)
+    ref, ref_wall = _launch(1, 2, one, env)
 
     results = two / "results.jsonl"
     t0 = time.perf_counter()
     proc = subprocess.Popen(
-        _launch_cmd(2, 2, two),
+        _launch_cmd(2, 1, two),
         cwd=ROOT,
         env=env,
         stdout=subprocess.DEVNULL,
@@ -118,9 +118,9 @@ def runs(tmp_path_factory):
     proc.wait()
     killed_wall = time.perf_counter() - t0
     partial = report.read_jsonl(str(results))
-    resumed, resumed_wall = _launch(2, 2, two, env)
+    resumed, resumed_wall = _launch(2, 1, two, env)
     print(
-        f"\nwall: 1 process x 4 devices {ref_wall:.0f}s; 2 processes x 2 devices "
+        f"\nwall: 1 process x 2 devices {ref_wall:.0f}s; 2 processes x 1 device "
         f"{killed_wall:.0f}s until killed + {resumed_wall:.0f}s resumed"
     )
     return dict(one=one, two=two, ref=ref, resumed=resumed, partial=partial)

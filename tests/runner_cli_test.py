@@ -46,6 +46,8 @@ def test_cifar10_cpu_preset_smoke(tmp_path):
             "experiments.main",
             "--config=cifar10_cpu",
             f"--workdir={tmp_path}",
+            # The width the other runner tests train at, so their compiled programs are reused.
+            "--width=0.0625",
             "--train_subset=400",
             "--val_size=100",
             "--test_subset=200",
