@@ -42,7 +42,7 @@ __all__ = [
 # Version of what `pretext_outputs` computes: part of the runner's pretext cache key, so
 # features made by older code are never reused. Bump it with any change to the rotation
 # training, the network or the feature extraction that changes the features.
-PRETEXT_CODE_VERSION = 2
+PRETEXT_CODE_VERSION = 3
 # Feature views (SPEC Step 2): the upright image (paper) or one random rotation (released code).
 FEATURE_VIEWS = ("upright", "random_rotation")
 

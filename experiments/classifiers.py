@@ -7,8 +7,8 @@ only reports), with the wall time of each fit.
         --seeds=0,1,2,3,4 --out=experiments/reports/classifiers.md
 
 Options (all on k-means patch features fitted on the unlabeled pool, `bal_jax.patch_features`):
-- `linear_whitened`: the linear head (`bal_jax.heads`) on the 64-d PCA-whitened features
-  that selection uses;
+- `linear_whitened`: the linear head (`bal_jax.heads`) on the PCA-whitened features that
+  selection uses (`patch_features.PCA_DIM` dimensions);
 - `linear`: on the standardised 4K-d features;
 - `linear_flip`: the same plus each labeled image's mirror image as another row, and flip
   averaging at test time (what the labeling tool's default `--classifier=linear` fits on
@@ -35,8 +35,8 @@ from experiments.config import PRESETS
 from experiments.pipeline import load_data
 
 OPTIONS = ("linear_whitened", "linear", "linear_flip")
-# PCA dimensions of the whitened selection features compared (the default is 64,
-# `patch_features.fit_patch_features`); one fit at the largest, the others are its leading
+# PCA dimensions of the whitened selection features compared (the default:
+# `patch_features.PCA_DIM`); one fit at the largest, the others are its leading
 # columns (PCA directions are ordered), bit for bit what a fit at that dimension gives.
 PCA_DIMS = (16, 32, 64, 128)
 KNN_K = 20
@@ -148,7 +148,7 @@ def main(argv):
     ev = {split: views(d.images) for split, d in splits.items()}
     eval_y = {split: d.labels for split, d in splits.items()}
     feature_seconds = time.perf_counter() - t0
-    default_dim = 64  # the whitened features the runner's selection and `linear_whitened` see
+    default_dim = patch_features.PCA_DIM  # what the runner's selection and `linear_whitened` see
     feats = {
         "linear_whitened": (
             (pool_w[:, :default_dim], None),
@@ -235,7 +235,7 @@ def main(argv):
             "\n".join(knn_lines),
             f"Chosen on validation (highest mean over sizes and seeds): **{best_dim}** "
             "dimensions (`fit_patch_features(pca_dim=...)`; the runner and the labeling tool "
-            "use 64).",
+            f"use `patch_features.PCA_DIM` = {patch_features.PCA_DIM}).",
             "Chosen L2 per fit: "
             + "; ".join(
                 f"{o} {s}: "

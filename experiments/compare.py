@@ -43,6 +43,12 @@ def define_flags() -> None:
     )
     flags.DEFINE_string("out", None, "Output folder.")
     flags.DEFINE_string("title", None, "Title of summary.md (default: from the runs).")
+    flags.DEFINE_list(
+        "vary",
+        [],
+        "Training settings (config fields) the runs may also differ in: an ablation of that "
+        "setting (e.g. warm_start); summary.md lists each run's value.",
+    )
 
 
 # Config fields that only change what the selection sees; compared runs may differ in them.
@@ -107,11 +113,17 @@ def load_run(workdir: str) -> tuple[dict, list[dict]]:
     return config, report.read_jsonl(paths[1])
 
 
-def merge(runs: Sequence[tuple[str, dict, list[dict], dict[str, str] | None]]) -> list[dict]:
+def merge(
+    runs: Sequence[tuple[str, dict, list[dict], dict[str, str] | None]],
+    vary: Sequence[str] = (),
+) -> list[dict]:
     """Merged records of `runs` = [(workdir, config, records, names or None), ...].
 
+    `vary`: config fields the runs may differ in besides SELECTION_FIELDS (the setting an
+    ablation compares; the methods then need distinct names per run).
+
     Raises:
-      CompareError: configs that differ outside SELECTION_FIELDS, a listed method missing
+      CompareError: configs that differ outside SELECTION_FIELDS and `vary`, a listed method missing
         from its run, two methods merged under one name from different runs with different
         accuracies, or no records at all.
     """
@@ -122,7 +134,7 @@ def merge(runs: Sequence[tuple[str, dict, list[dict], dict[str, str] | None]]) -
         diff = sorted(
             k
             for k in set(cfg) | set(first_cfg)
-            if k not in SELECTION_FIELDS and cfg.get(k) != first_cfg.get(k)
+            if k not in SELECTION_FIELDS and k not in vary and cfg.get(k) != first_cfg.get(k)
         )
         if diff:
             raise CompareError(
@@ -157,7 +169,7 @@ def merge(runs: Sequence[tuple[str, dict, list[dict], dict[str, str] | None]]) -
     return list(merged.values())
 
 
-def summary(records: Sequence[dict], runs, references: Sequence[str], title: str) -> str:
+def summary(records: Sequence[dict], runs, references: Sequence[str], title: str, vary=()) -> str:
     """summary.md: accuracy table, paired tables, the origin and settings of every row."""
     methods = list(dict.fromkeys(r["method"] for r in records))
     for ref in references:
@@ -168,9 +180,20 @@ def summary(records: Sequence[dict], runs, references: Sequence[str], title: str
     lines += [means, ""] if means else []
     for ref in references:
         lines += [report.paired_difference_table(records, ref, methods), ""]
+    if vary:  # an ablation of training: how well each arm fits its labels
+        loss = report.field_table(
+            records,
+            "train_loss",
+            "Training loss of the cycle's last epoch, mean ± std over seeds.",
+            methods,
+        )
+        lines += [loss, ""] if loss else []
     balance = report.class_balance_table(records, methods)
     lines += [balance, ""] if balance else []
-    lines += ["| method | run | what its selection saw |", "|---|---|---|"]
+    lines += [
+        "| method | run | what its selection saw |" + "".join(f" {k} |" for k in vary),
+        "|---|---|---|" + "---|" * len(vary),
+    ]
     first_cfg = runs[0][1]
     for m in methods:
         origin = list(dict.fromkeys(r["run"] for r in records if r["method"] == m))
@@ -182,14 +205,15 @@ def summary(records: Sequence[dict], runs, references: Sequence[str], title: str
         source = next(r.get("source_method", m) for r in records if r["method"] == m)
         if source not in NEEDS_PRETEXT:
             seen = "the main model only (no pretext features)"
-        lines.append(f"| {m} | {', '.join(f'`{w}`' for w in origin)} | {seen} |")
+        varied = "".join(f" {cfg.get(k)} |" for k in vary)
+        lines.append(f"| {m} | {', '.join(f'`{w}`' for w in origin)} | {seen} |{varied}")
     lines += [
         "",
         "Shared by every run: "
         + ", ".join(
             f"{k}={first_cfg[k]}"
             for k in ("dataset", "train_subset", "val_size", "budget", "width", "recipe")
-            if k in first_cfg
+            if k in first_cfg and k not in vary
         )
         + ".",
         "",
@@ -209,9 +233,9 @@ def main(argv):
             workdir, names = parse_run(spec)
             config, records = load_run(workdir)
             runs.append((workdir, config, records, names))
-        records = merge(runs)
+        records = merge(runs, fv.vary)
         title = fv.title or "Comparison of " + ", ".join(w for w, *_ in runs)
-        text = summary(records, runs, fv.reference or [], title)
+        text = summary(records, runs, fv.reference or [], title, fv.vary)
     except CompareError as e:
         sys.exit(f"error: {e}")
     os.makedirs(fv.out, exist_ok=True)

@@ -193,6 +193,32 @@ def curve_means_table(records: Sequence[dict], methods: Sequence[str] | None = N
     return "\n".join(lines)
 
 
+def field_table(
+    records: Sequence[dict], key: str, caption: str, methods: Sequence[str] | None = None
+) -> str:
+    """Mean ± std over seeds of a record field (e.g. `train_loss`, `val_accuracy`) per method
+    and labeled fraction, then `caption`. Empty when any record lacks the field."""
+    if not records or any(r.get(key) is None for r in records):
+        return ""
+    cells: dict[tuple[str, float], list[float]] = defaultdict(list)
+    fractions = sorted({round(r["fraction"], 4) for r in records})
+    for r in records:
+        cells[(r["method"], round(r["fraction"], 4))].append(float(r[key]))
+    lines = [
+        "| method | " + " | ".join(f"{100 * f:.1f}%" for f in fractions) + " |",
+        "|---|" + "---|" * len(fractions),
+    ]
+    for m in _method_order(records, methods):
+        row = []
+        for f in fractions:
+            v = cells.get((m, f), [])
+            row.append(
+                "–" if not v else f"{np.mean(v):.3g} ± {np.std(v, ddof=min(1, len(v) - 1)):.2g}"
+            )
+        lines.append(f"| {m} | " + " | ".join(row) + " |")
+    return "\n".join([*lines, "", caption])
+
+
 def class_balance_table(records: Sequence[dict], methods: Sequence[str] | None = None) -> str:
     """How evenly each method's labeled set covers the classes, per labeled fraction.
 

@@ -77,6 +77,27 @@ def test_runs_that_train_differently_are_refused(tmp_path):
         compare.merge(runs)
 
 
+def test_an_ablation_names_the_training_setting_it_varies(tmp_path):
+    a, b = _runs(tmp_path, other_config=dict(BASE, pretext="rotation", warm_start=False))
+    with open(os.path.join(a, "config.json"), "w") as f:
+        json.dump(dict(BASE, warm_start=True), f)
+    names = [{"random": "random_warm"}, {"random": "random_scratch"}]
+    runs = [(w, *compare.load_run(w), n) for w, n in zip((a, b), names, strict=True)]
+    with pytest.raises(compare.CompareError, match="differ in warm_start"):
+        compare.merge(runs)
+    merged = compare.merge(runs, vary=["warm_start"])
+    assert {r["method"] for r in merged} == {"random_warm", "random_scratch"}
+    text = compare.summary(merged, runs, ["random_scratch"], "t", vary=["warm_start"])
+    assert "| what its selection saw | warm_start |" in text
+    assert (
+        "| random_warm | `" + a + "` | the main model only (no pretext features) | True |" in text
+    )
+    assert (
+        "| random_scratch | `" + b + "` | the main model only (no pretext features) | False |"
+        in text
+    )
+
+
 def test_bad_specs_are_one_sentence(tmp_path):
     a, _ = _runs(tmp_path)
     with pytest.raises(compare.CompareError, match="no records of pt4al"):

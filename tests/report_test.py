@@ -121,3 +121,13 @@ def test_curve_means_table_averages_test_and_validation_over_the_curve():
     bal = next(r for r in recs if r["method"] == "bal")
     del bal["val_accuracy"]  # one record without it: that method's validation is unknown
     assert report.curve_means_table(recs, ["bal"]).splitlines()[2] == "| bal | 70.00 | – |"
+
+
+def test_field_table_means_a_record_field_and_is_empty_when_one_lacks_it():
+    recs = [
+        {"method": "a", "seed": s, "cycle": 0, "fraction": 0.1, "accuracy": 0.5, "train_loss": x}
+        for s, x in ((0, 1.0), (1, 3.0))
+    ]
+    text = report.field_table(recs, "train_loss", "Loss.")
+    assert "| a | 2 ± 1.4 |" in text and text.endswith("Loss.")
+    assert report.field_table([dict(recs[0], train_loss=None)], "train_loss", "Loss.") == ""
