@@ -212,14 +212,18 @@ class VGGLearner:
         self._dropout = DBAL_DROPOUT if method in NEEDS_MC_DROPOUT else 0.0
         self._init_key = named_key(key if init_key is None else init_key, "main_init")
         ndev = mesh.devices.size if mesh is not None else jax.device_count()
+        # Not keyed by warm_start: the first cycle trains the same initial weights either way
+        # (one model for both), and later cycles differ by their parents (warm: the previous
+        # model's digest; scratch: the root and the cycle).
         self._root = lineage_root(
-            self._init_key, (tuple(model), self._dropout, warm_start), settings, mean, std, ndev
+            self._init_key, (tuple(model), self._dropout), settings, mean, std, ndev
         )
         self.digest: str | None = None
         self.net = self._fresh(0)
 
     def _fresh(self, cycle: int) -> VGG16:
-        k = self._init_key if self._warm else jax.random.fold_in(self._init_key, cycle)
+        # Cycle 0 starts from the same weights warm or not; each later scratch cycle draws anew.
+        k = self._init_key if cycle == 0 else jax.random.fold_in(self._init_key, cycle)
         net = VGG16(
             self._model.num_classes,
             in_channels=self._model.in_channels,

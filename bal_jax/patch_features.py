@@ -19,7 +19,7 @@ leave-one-out 20-NN accuracy and SimCLR trained for 15 minutes on this CPU 39 %,
 45 % asked for; these features reach 56 % (K-means purity 34 % against 19 % and 28 %) in
 under a minute of the same CPU. The PCA dimension, ``PCA_DIM`` = 32, is chosen on the
 validation split (experiments/reports/classifiers.md: 20-NN accuracy of the validation images
-against random labeled sets, +1.0 to +1.7 points over the 64 first chosen with pool labels). They
+against random labeled sets, +1.1 to +1.6 points over the 64 first chosen with pool labels). They
 are not the paper's (SPEC Step 1 trains a rotation network, which stays the default): a
 documented option for low budgets and CPUs, with no network and no rotation losses (so no PT4AL).
 """

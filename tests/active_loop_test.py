@@ -74,6 +74,20 @@ def test_a_collapsed_model_is_reported_as_a_failure():
     assert not any(r["collapsed"] for r in records), [r["majority_share"] for r in records]
 
 
+def test_warm_start_and_scratch_share_the_first_cycle_only(tmp_path):
+    pool, test, val = splits()
+    store = ModelStore(tmp_path / "models")
+    warm = cycles("random", pool, test, val, store, warm_start=True)
+    scratch = cycles("random", pool, test, val, store, warm_start=False)
+    # The same initial weights, labels and training: one model, restored for the second run.
+    assert scratch[0]["shared_model"] and scratch[0]["model_digest"] == warm[0]["model_digest"]
+    assert scratch[0]["accuracy"] == warm[0]["accuracy"]
+    # Random's picks do not depend on the model; the second cycle's training does.
+    assert scratch[1]["selected"] == warm[1]["selected"]
+    assert not scratch[1]["shared_model"]
+    assert scratch[1]["model_digest"] != warm[1]["model_digest"]
+
+
 def test_methods_sharing_a_labeled_set_share_its_model(tmp_path):
     pool, test, val = splits()
     store = ModelStore(tmp_path / "models")

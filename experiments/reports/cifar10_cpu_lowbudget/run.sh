@@ -19,8 +19,10 @@ rotation_methods="${ROTATION_METHODS:-bal,pt4al,random,confidence,entropy,corese
 # One XLA device per core: on a 2-core CPU, 1.7x faster training than one device (README,
 # Performance). Models are keyed by device count, so a rerun must keep it.
 export XLA_FLAGS="${XLA_FLAGS:---xla_force_host_platform_device_count=$(nproc)}"
+# --warm_start: the preset's default when these tables were run (it trains from scratch now,
+# experiments/reports/cifar10_cpu_warm_start.md).
 common=(--config=cifar10_cpu --budget=small "--seeds=$seeds" --pretext_seed=0
-  --model_dir=runs/models_cifar10_cpu)
+  --model_dir=runs/models_cifar10_cpu --warm_start)
 python -m experiments.main "${common[@]}" --workdir=runs/cifar10_cpu_small_simclr \
   --pretext=simclr --pretext_epochs=30 --feature_layer=block3 \
   "--method=$simclr_methods"

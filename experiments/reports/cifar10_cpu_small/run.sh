@@ -15,6 +15,7 @@ seeds="${SEEDS:-0,1,2,3,4}"
 export XLA_FLAGS="${XLA_FLAGS:---xla_force_host_platform_device_count=$(nproc)}"
 python -m experiments.main --config=cifar10_cpu --budget=small "--seeds=$seeds" \
   --pretext_seed=0 --model_dir=runs/models_cifar10_cpu --workdir=runs/cifar10_cpu_small_rotation \
+  --warm_start \
   --method=bal,pt4al,random,confidence,entropy,coreset
 python -m experiments.compare --run=runs/cifar10_cpu_small_rotation --reference=bal \
   --title="CIFAR-10 at CPU scale, small budget, small-data recipe" \
