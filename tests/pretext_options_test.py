@@ -6,6 +6,7 @@ import jax
 import numpy as np
 import pytest
 
+from bal_jax import patch_features
 from bal_jax.features import pretext_outputs
 from bal_jax.settings import ModelSpec, TrainSettings
 from experiments import config as config_lib
@@ -55,7 +56,8 @@ def test_pretext_outputs_patches_pool_and_probe_features():
         pretext="patches",
         probe_images=pool[:5],
     )
-    assert outs.features_ND.shape == (40, 39) and outs.probe_features_MD.shape == (5, 39)
+    dim = min(patch_features.PCA_DIM, 40 - 1)  # the PCA keeps at most N - 1 directions
+    assert outs.features_ND.shape == (40, dim) and outs.probe_features_MD.shape == (5, dim)
     np.testing.assert_allclose(outs.probe_features_MD, outs.features_ND[:5], rtol=1e-4, atol=1e-4)
     assert np.isnan(outs.losses_N).all() and set(outs.seconds) == {"pretext", "features"}
 
