@@ -29,9 +29,47 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 import jax
+import pytest
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 jax.config.update("jax_enable_compilation_cache", False)  # in this process; see above
+
+
+def _memory_maps() -> int | None:
+    try:
+        with open("/proc/self/maps") as f:
+            return sum(1 for _ in f)
+    except OSError:  # not Linux
+        return None
+
+
+def _max_maps() -> int:
+    try:
+        with open("/proc/sys/vm/max_map_count") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return 65530  # Linux's default
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs(request):
+    """Drops JAX's compiled programs after a test file once the process holds half of the
+    kernel's memory-map limit (vm.max_map_count, 65,530 by default). Every XLA:CPU executable
+    keeps about five memory maps for its code; a single `-n 0` process compiles enough
+    programs for the suite to reach the limit, and XLA then dies with SIGSEGV inside a
+    compilation (two runs: after 610 and 663 s, in other programs each time; kmeans_test and
+    heads_test alone leave 8,700 maps). Below the threshold nothing is dropped. Set
+    BAL_JAX_TEST_MAPS_LOG to a file to log the count after every test file."""
+    yield
+    maps = _memory_maps()
+    cleared = maps is not None and maps > _max_maps() // 2
+    if cleared:
+        jax.clear_caches()
+    log = os.environ.get("BAL_JAX_TEST_MAPS_LOG")
+    if log and maps is not None:
+        with open(log, "a") as f:
+            after = f" -> cleared: {_memory_maps()}" if cleared else ""
+            f.write(f"{os.getpid()} {request.module.__name__} {maps}{after}\n")
 
 
 # The files that take longest (each over a minute of one worker on the 2-core CI machine),
