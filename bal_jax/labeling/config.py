@@ -64,9 +64,10 @@ CLASSIFIERS = ("linear", "vgg")
 # labels; 47 / 57 % test accuracy from 300 / 1,000 random labels against 31-46 % for a VGG16
 # from scratch, experiments/reports/classifiers.md) and, with that head, bal_herding
 # (MaxHerding's coverage below 10 % labeled, the paper's BAL after): in the small-budget run of
-# experiments/reports/cifar10_cpu_linear the MaxHerding cold start had the best VALIDATION
-# accuracy over the curve (53.4 and 52.8 % against random's 51.3 %; the test split only
-# reports). The paper's setting: features='rotation', method='bal', classifier='vgg'.
+# experiments/reports/cifar10_cpu_linear (32-d selection features) the MaxHerding cold start
+# then BAL had the best VALIDATION accuracy over the curve (53.3 %, MaxHerding 52.5 %, random
+# 51.4 %; the test split only reports). The paper's setting: features='rotation',
+# method='bal', classifier='vgg'.
 DEFAULT_FEATURES, DEFAULT_METHOD, DEFAULT_CLASSIFIER = "patches", "bal_herding", "linear"
 PAPER_SETTING = {"features": "rotation", "method": "bal", "classifier": "vgg"}
 
