@@ -34,6 +34,16 @@ def _method_order(records, methods: Sequence[str] | None):
     return seen
 
 
+def _fraction_grid(corner: str, fractions, rows, cell) -> list[str]:
+    """Markdown lines of a method x labeled-fraction table: `cell(method, fraction)` fills it."""
+    lines = [
+        f"| {corner} | " + " | ".join(f"{100 * f:.1f}%" for f in fractions) + " |",
+        "|---|" + "---|" * len(fractions),
+    ]
+    lines += [f"| {m} | " + " | ".join(cell(m, f) for f in fractions) + " |" for m in rows]
+    return lines
+
+
 def accuracy_table(records: Sequence[dict], methods: Sequence[str] | None = None) -> str:
     """The paper's table layout: one row per method, one column per labeled fraction,
     test accuracy in percent as mean ± std over seeds (sample std; n in the header).
@@ -52,21 +62,18 @@ def accuracy_table(records: Sequence[dict], methods: Sequence[str] | None = None
         if r.get("collapsed"):
             failed[(r["method"], round(r["fraction"], 4))].append(r.get("seed", 0))
     seeds = sorted({r.get("seed", 0) for r in records})
-    head = "| method | " + " | ".join(f"{100 * f:.1f}%" for f in fractions) + " |"
-    lines = [head, "|---|" + "---|" * len(fractions)]
-    for m in _method_order(records, methods):
-        row = []
-        for f in fractions:
-            vals = cells.get((m, f), [])
-            if failed.get((m, f)):
-                row.append("collapsed (seed " + ", ".join(map(str, failed[(m, f)])) + ")")
-            elif not vals:
-                row.append("–")
-            elif len(vals) == 1:
-                row.append(f"{vals[0]:.1f}")
-            else:
-                row.append(f"{np.mean(vals):.1f} ± {np.std(vals, ddof=1):.1f}")
-        lines.append(f"| {m} | " + " | ".join(row) + " |")
+
+    def cell(m, f):
+        vals = cells.get((m, f), [])
+        if failed.get((m, f)):
+            return "collapsed (seed " + ", ".join(map(str, failed[(m, f)])) + ")"
+        if not vals:
+            return "–"
+        if len(vals) == 1:
+            return f"{vals[0]:.1f}"
+        return f"{np.mean(vals):.1f} ± {np.std(vals, ddof=1):.1f}"
+
+    lines = _fraction_grid("method", fractions, _method_order(records, methods), cell)
     lines.append("")
     lines.append(f"Test accuracy (%), mean ± std over {len(seeds)} seed(s) {seeds}.")
     partial = {
@@ -204,18 +211,12 @@ def field_table(
     fractions = sorted({round(r["fraction"], 4) for r in records})
     for r in records:
         cells[(r["method"], round(r["fraction"], 4))].append(float(r[key]))
-    lines = [
-        "| method | " + " | ".join(f"{100 * f:.1f}%" for f in fractions) + " |",
-        "|---|" + "---|" * len(fractions),
-    ]
-    for m in _method_order(records, methods):
-        row = []
-        for f in fractions:
-            v = cells.get((m, f), [])
-            row.append(
-                "–" if not v else f"{np.mean(v):.3g} ± {np.std(v, ddof=min(1, len(v) - 1)):.2g}"
-            )
-        lines.append(f"| {m} | " + " | ".join(row) + " |")
+
+    def cell(m, f):
+        v = cells.get((m, f), [])
+        return "–" if not v else f"{np.mean(v):.3g} ± {np.std(v, ddof=min(1, len(v) - 1)):.2g}"
+
+    lines = _fraction_grid("method", fractions, _method_order(records, methods), cell)
     return "\n".join([*lines, "", caption])
 
 
@@ -239,20 +240,14 @@ def class_balance_table(records: Sequence[dict], methods: Sequence[str] | None =
         entropy = float(-(nz * np.log(nz)).sum() / np.log(len(p))) if len(p) > 1 else 1.0
         cells[(r["method"], round(r["fraction"], 4))].append((entropy, int(cum[key].min())))
     fractions = sorted({f for _, f in cells})
-    lines = [
-        "| class balance | " + " | ".join(f"{100 * f:.1f}%" for f in fractions) + " |",
-        "|---|" + "---|" * len(fractions),
-    ]
-    for m in _method_order(records, methods):
-        row = []
-        for f in fractions:
-            vals = cells.get((m, f))
-            row.append(
-                "–"
-                if not vals
-                else f"{np.mean([e for e, _ in vals]):.3f} (min {min(c for _, c in vals)})"
-            )
-        lines.append(f"| {m} | " + " | ".join(row) + " |")
+
+    def cell(m, f):
+        vals = cells.get((m, f))
+        if not vals:
+            return "–"
+        return f"{np.mean([e for e, _ in vals]):.3f} (min {min(c for _, c in vals)})"
+
+    lines = _fraction_grid("class balance", fractions, _method_order(records, methods), cell)
     lines += [
         "",
         "Normalised entropy of the labeled set's class counts (1 = balanced), mean over seeds; "

@@ -7,10 +7,10 @@ each session (so no run depends on an earlier one) lets every subprocess after t
 them; the environment variables reach the subprocesses. Set JAX_COMPILATION_CACHE_DIR to use
 another folder. The pytest processes themselves do not use it: their programs differ from the
 subprocesses' (another XLA optimisation level, which is part of the cache key), so they never
-shared entries (the suite took 591 s with, 607 s without). (XLA's optimisation level 0 would
-halve the in-process compile times, but changes losses by up to 0.09 against the reference
-computations.) The process-wide limit that does matter, memory maps: see
-`_release_compiled_programs`.
+shared entries, and turning it off kept the suite's time within its run-to-run spread.
+(XLA's optimisation level 0 would halve the in-process compile times, but changes losses by up
+to 0.09 against the reference computations.) The process-wide limit that does matter, memory
+maps: see `_release_compiled_programs`.
 """
 
 import atexit
