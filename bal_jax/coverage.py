@@ -116,19 +116,20 @@ def _fold_columns(fn, acc, x_ND, x_sq_N, cols_M, lo, hi, width, scale, kind):
     return lax.while_loop(lambda s: s[0] < hi, body, (jnp.asarray(lo, jnp.int32), acc))[1]
 
 
-def _all_gains(x_ND, x_sq_N, c_N, scale, kind):
-    """``sum_j max(a(x_i, x_j) - c_j, 0)`` for every i, one pass in row blocks."""
+def _all_gains(x_ND, x_sq_N, c_N, w_N, scale, kind):
+    """``sum_j w_j max(a(x_i, x_j) - c_j, 0)`` for every i, one pass in row blocks."""
 
     def fn(carry, block, valid):
         x, x_sq = block
         a_cN = _affinity(_sq_dists(x, x_sq, x_ND, x_sq_N), scale, kind)
-        return carry, jnp.sum(jnp.maximum(a_cN - c_N[None, :], 0.0), axis=1)
+        return carry, jnp.sum(w_N[None, :] * jnp.maximum(a_cN - c_N[None, :], 0.0), axis=1)
 
     return map_chunks(fn, None, (x_ND, x_sq_N), _chunk(x_ND.shape[0]))[1]
 
 
 @functools.partial(jax.jit, static_argnames=("k", "kind"))
-def _coverage_core(key, x_ND, labeled_N, scale, *, k, kind):
+def _coverage_core(key, x_ND, labeled_N, scale, w_N, cand_N, *, k, kind):
+    """Greedy coverage of the pool, each point j weighted by w_j, picking among cand_N."""
     n = x_ND.shape[0]
     x_sq_N = jnp.sum(x_ND * x_ND, 1)
     pad = _WIDE + n
@@ -141,7 +142,7 @@ def _coverage_core(key, x_ND, labeled_N, scale, *, k, kind):
     c_N = _fold_columns(
         cover, c_N, x_ND, x_sq_N, labeled_M, 0, jnp.sum(labeled_N), _WIDE, scale, kind
     )
-    gain_N = jnp.where(labeled_N, -jnp.inf, _all_gains(x_ND, x_sq_N, c_N, scale, kind))
+    gain_N = jnp.where(cand_N, _all_gains(x_ND, x_sq_N, c_N, w_N, scale, kind), -jnp.inf)
     # A ball pick must cover a new point; the Gaussian greedy goes on at any gain (the running
     # gains may round a little below 0).
     min_gain = 1.0 if kind == "ball" else -jnp.inf
@@ -163,7 +164,8 @@ def _coverage_core(key, x_ND, labeled_N, scale, *, k, kind):
             def drop(acc, a_NB, cols_B, valid_B):
                 old = jnp.maximum(a_NB - c_N[cols_B][None, :], 0.0)
                 new = jnp.maximum(a_NB - c_new[cols_B][None, :], 0.0)
-                return acc + jnp.sum(jnp.where(valid_B[None, :], old - new, 0.0), axis=1)
+                w_B = jnp.where(valid_B, w_N[cols_B], 0.0)
+                return acc + jnp.sum(w_B[None, :] * (old - new), axis=1)
 
             wide = m - m % _WIDE
             args = (x_ND, x_sq_N, changed_M)
@@ -226,7 +228,9 @@ def probcover(
     """
     k, x_ND, labeled_N = _checked(feats_ND, labeled_mask, k, normalize)
     delta = _check_scale(delta, "delta")
-    return _coverage_core(key, x_ND, labeled_N, jnp.asarray(delta, x_ND.dtype), k=k, kind="ball")
+    ones_N = jnp.ones(labeled_N.shape, x_ND.dtype)
+    scale = jnp.asarray(delta, x_ND.dtype)
+    return _coverage_core(key, x_ND, labeled_N, scale, ones_N, ~labeled_N, k=k, kind="ball")
 
 
 def maxherding(
@@ -236,13 +240,16 @@ def maxherding(
     *,
     sigma: float,
     normalize: bool = True,
+    candidates: jax.typing.ArrayLike | None = None,
+    weights: jax.typing.ArrayLike | None = None,
 ) -> jax.Array:
     """MaxHerding (Bae et al. 2024, Algorithm 1): greedy generalized coverage.
 
-    Adds, k times, the unlabeled point x maximising ``sum_j max_{l in L + {x}} k(x_j, x_l)``
+    Adds, k times, the unlabeled point x maximising ``sum_j w_j max_{l in L + {x}} k(x_j, x_l)``
     over the whole pool, ``k(x, y) = exp(-||x - y||^2 / (2 sigma^2))``, with L starting as the
-    labeled images. Deterministic; equal gains go to the lowest pool index up to the float
-    rounding of the running gains (either pick then reaches the same coverage).
+    labeled images and w_j = 1 (the paper's method) unless `weights` are given. Deterministic;
+    equal gains go to the lowest pool index up to the float rounding of the running gains
+    (either pick then reaches the same coverage).
 
     Args:
       feats_ND: (N, D) float self-supervised features of the pool.
@@ -250,15 +257,34 @@ def maxherding(
       k: number of images to pick, at most the number unlabeled.
       sigma: kernel bandwidth (e.g. `default_sigma`), in the units of the (normalised) features.
       normalize: L2-normalise the rows first (as the authors' code).
+      candidates: (N,) bool, the images a pick may be (default: every unlabeled one); at
+        least k unlabeled candidates.
+      weights: (N,) finite values >= 0, how much covering each pool image counts (default 1:
+        `bal_cover` passes the model's uncertainty).
 
     Returns:
       (k,) int32 distinct unlabeled pool indices in greedy order.
     """
     k, x_ND, labeled_N = _checked(feats_ND, labeled_mask, k, normalize)
     sigma = _check_scale(sigma, "sigma")
-    return _coverage_core(
-        jax.random.key(0), x_ND, labeled_N, jnp.asarray(sigma, x_ND.dtype), k=k, kind="gauss"
-    )
+    n = labeled_N.shape[0]
+    cand_N = ~labeled_N
+    if candidates is not None:
+        cand = np.asarray(candidates)
+        if cand.dtype != bool or cand.shape != (n,):
+            raise ValueError(
+                f"candidates must be a ({n},) bool array, got {cand.dtype} {cand.shape}"
+            )
+        cand_N = cand_N & jnp.asarray(cand)
+        if int(jnp.sum(cand_N)) < k:
+            raise ValueError(f"k={k} is more than the {int(jnp.sum(cand_N))} unlabeled candidates")
+    w_N = jnp.ones((n,), x_ND.dtype)
+    if weights is not None:
+        w_N = jnp.asarray(weights, x_ND.dtype)
+        if w_N.shape != (n,) or not bool(jnp.all(jnp.isfinite(w_N) & (w_N >= 0))):
+            raise ValueError(f"weights must be {n} finite values >= 0, one per pool image")
+    scale = jnp.asarray(sigma, x_ND.dtype)
+    return _coverage_core(jax.random.key(0), x_ND, labeled_N, scale, w_N, cand_N, k=k, kind="gauss")
 
 
 # ---------------------------------------------------------------------------------------------

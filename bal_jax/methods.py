@@ -21,7 +21,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from bal_jax import coverage, diversity, sampling, subpools
+from bal_jax.bal_cover import bal_cover_select
 from bal_jax.kmeans import cdd, kmeans, pairwise_sq_dists
+from bal_jax.pt4al import pt4al_select
+from bal_jax.sampling import candidates_mask, check_query
 from bal_jax.typical import bal_typical_select
 
 METHODS = (
@@ -40,11 +43,16 @@ METHODS = (
     "probcover",
     "maxherding",
     "bal_herding",
+    "bal_cover",
 )
 # BAL variants that pick with a low-budget selector while fewer than `switch_fraction` of the
-# pool is labeled, and with the paper's BAL after (`switch_cycle`): TypiClust's typical images
-# or MaxHerding's coverage.
-SWITCH_SELECTORS = {"bal_switch": "typiclust", "bal_herding": "maxherding"}
+# pool is labeled (`switch_cycle`), TypiClust's typical images or MaxHerding's coverage, and
+# after it with the paper's BAL, or BAL-cover's coverage inside BAL's windows (bal_cover.py).
+SWITCH_SELECTORS = {
+    "bal_switch": "typiclust",
+    "bal_herding": "maxherding",
+    "bal_cover": "maxherding",
+}
 # Methods that choose their own first labeled set; the rest start from a random set that
 # is shared by all of them for a given seed.
 HOT_START = frozenset(
@@ -168,29 +176,6 @@ def bal_min_beta(counts, *, pool_size: int, options: BALOptions | None = None) -
     return subpools.min_beta(min_size=k, num_cycles=len(counts), pool_size=pool_size)
 
 
-def _check_query(k: int, labeled_mask: np.ndarray, pool_size: int, probs, logits) -> None:
-    """One sentence naming the bad argument before any sub-pool arithmetic."""
-    if labeled_mask.shape != (pool_size,):
-        raise ValueError(
-            f"labeled_mask has shape {labeled_mask.shape}; the order has {pool_size} images"
-        )
-    free = int((~labeled_mask).sum())
-    if isinstance(k, bool) or int(k) != k or not 1 <= k <= free:
-        raise ValueError(f"k={k} must be in [1, {free}], the unlabeled images left in the pool")
-    for name, value in (("probs", probs), ("logits", logits)):
-        if value is not None and (np.ndim(value) != 2 or np.shape(value)[0] != pool_size):
-            raise ValueError(
-                f"{name} must have shape ({pool_size}, num_classes), one row per pool image; "
-                f"got {np.shape(value)}"
-            )
-
-
-def _candidates_mask(idx: np.ndarray, size: int) -> np.ndarray:
-    mask = np.zeros(size, bool)
-    mask[idx] = True
-    return mask
-
-
 def _uncertainty(
     sampler: str, key, preds: PoolPredictions, cand_mask, k, *, normalize_logits=False
 ):
@@ -250,7 +235,7 @@ def bal_select(
     order = np.asarray(order)
     labeled_mask = np.asarray(labeled_mask, bool)
     pool_size = order.shape[0]
-    _check_query(k, labeled_mask, pool_size, probs, logits)
+    check_query(k, labeled_mask, pool_size, probs, logits)
     if budget is None:
         budget = options.window_budget
     if options.window_variant == "released" and budget is None:
@@ -268,8 +253,8 @@ def bal_select(
     cand = np.asarray(cand)
     if cycle == 0:
         # Paper Step 5: the first k of D_1 in indicator order (no model yet).
-        return np.asarray(sampling.first_k(order, _candidates_mask(cand, pool_size), k))
-    mask = _candidates_mask(cand, pool_size)
+        return np.asarray(sampling.first_k(order, candidates_mask(cand, pool_size), k))
+    mask = candidates_mask(cand, pool_size)
     if options.sampler == "random":
         return np.asarray(sampling.random(key, mask, k))
     if options.sampler == "kmeans":
@@ -282,60 +267,6 @@ def bal_select(
     return np.asarray(
         _uncertainty(
             options.sampler, key, preds, mask, k, normalize_logits=options.normalize_logits
-        )
-    )
-
-
-def pt4al_select(
-    key: jax.Array,
-    *,
-    loss_order: np.ndarray,
-    labeled_mask: np.ndarray,
-    cycle: int,
-    num_cycles: int,
-    k: int,
-    probs: np.ndarray | None = None,
-    logits: np.ndarray | None = None,
-    normalize_logits: bool = True,
-) -> np.ndarray:
-    """PT4AL: pretext loss descending, equal batches, confidence sampling inside a batch.
-
-    The first cycle takes k images at even intervals of the first batch, as PT4AL's code
-    does. `loss_order` must come from a numeric sort (the released code sorted strings).
-    Later cycles take the k images of the batch with the lowest max softmax(z / ||z||) of
-    the logits z, as the released PT4AL code ranks them (``normalize_logits=False``: plain
-    max softmax of `probs`).
-
-    Args:
-      key: unused (PT4AL is deterministic given the model).
-      loss_order: (N,) pool indices by descending rotation loss.
-      labeled_mask: (N,) bool, True where already labeled.
-      cycle, num_cycles, k: 0-based cycle, C and the images to label.
-      probs, logits: (N, C) outputs of the previous cycle's model (from cycle 1 on).
-      normalize_logits: rank by max softmax(z/||z||) (released PT4AL) instead of max p.
-
-    Returns:
-      (k,) distinct pool indices, none previously labeled.
-    """
-    del key
-    labeled_mask = np.asarray(labeled_mask, bool)
-    pool_size = loss_order.shape[0]
-    _check_query(k, labeled_mask, pool_size, probs, logits)
-    cand = np.asarray(
-        subpools.subpool(
-            loss_order, labeled_mask, cycle=cycle, num_cycles=num_cycles, beta=1.0, min_size=k
-        )
-    )
-    if cycle == 0:
-        picks = cand[np.floor(np.arange(k) * (cand.shape[0] / k)).astype(np.int64)]
-        return picks
-    return np.asarray(
-        sampling.least_confidence(
-            probs,
-            _candidates_mask(cand, pool_size),
-            k,
-            logits=logits,
-            normalize_logits=normalize_logits,
         )
     )
 
@@ -423,8 +354,11 @@ def select(
     unlabeled = ~labeled_mask
     if method in SWITCH_SELECTORS:
         below = labeled_mask.sum() < context.switch_fraction * labeled_mask.size
-        # Low budget: typical / covering picks first, then the paper's BAL (`switch_cycle`).
-        method = SWITCH_SELECTORS[method] if below else "bal"
+        # Low budget: typical / covering picks first, then BAL (`switch_cycle`).
+        if below:
+            method = SWITCH_SELECTORS[method]
+        elif method != "bal_cover":
+            method = "bal"
     if method == "bal":
         return bal_select(
             key,
@@ -451,9 +385,8 @@ def select(
             logits=preds.logits_NC,
             normalize_logits=context.pt4al_normalize_logits,
         )
-    if method == "bal_typical":
-        return bal_typical_select(
-            key,
+    if method in ("bal_typical", "bal_cover"):  # BAL's sub-pools, their own picks inside
+        kw = dict(
             order=context.bal_order,
             feats_ND=context.pretext_features_ND,
             labeled_mask=labeled_mask,
@@ -464,6 +397,9 @@ def select(
             probs=preds.probs_NC,
             window_variant=context.bal_options.window_variant,
         )
+        if method == "bal_typical":
+            return bal_typical_select(key, **kw)
+        return bal_cover_select(sigma=context.maxherding_sigma, **kw)
     if method == "typiclust":
         return np.asarray(
             diversity.typiclust(key, context.pretext_features_ND, labeled_mask, unlabeled, k)

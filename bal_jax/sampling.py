@@ -398,3 +398,30 @@ def first_k(order: jax.typing.ArrayLike, candidates: jax.typing.ArrayLike, k: in
         )
     _check_count(is_cand_M, k, "candidates in order")
     return _first_k_core(order, is_cand_M, k=k)
+
+
+# Query checks shared by the sub-pool methods (bal_jax.methods, bal_jax.pt4al).
+
+
+def check_query(k: int, labeled_mask: np.ndarray, pool_size: int, probs, logits) -> None:
+    """One sentence naming the bad argument before any sub-pool arithmetic."""
+    if labeled_mask.shape != (pool_size,):
+        raise ValueError(
+            f"labeled_mask has shape {labeled_mask.shape}; the order has {pool_size} images"
+        )
+    free = int((~labeled_mask).sum())
+    if isinstance(k, bool) or int(k) != k or not 1 <= k <= free:
+        raise ValueError(f"k={k} must be in [1, {free}], the unlabeled images left in the pool")
+    for name, value in (("probs", probs), ("logits", logits)):
+        if value is not None and (np.ndim(value) != 2 or np.shape(value)[0] != pool_size):
+            raise ValueError(
+                f"{name} must have shape ({pool_size}, num_classes), one row per pool image; "
+                f"got {np.shape(value)}"
+            )
+
+
+def candidates_mask(idx: np.ndarray, size: int) -> np.ndarray:
+    """(size,) bool, True at the pool indices `idx`."""
+    mask = np.zeros(size, bool)
+    mask[idx] = True
+    return mask

@@ -263,3 +263,31 @@ def subpool(
     if have < min_size:
         start, stop = _widen(unlabeled_S, start, stop, min_size - have)
     return order[start:stop][unlabeled_S[start:stop]].astype(np.int32)
+
+
+def window_mask(
+    order: np.ndarray,
+    labeled_mask: np.ndarray,
+    *,
+    cycle: int,
+    num_cycles: int,
+    beta: float,
+    k: int,
+    variant: str = "paper",
+) -> np.ndarray:
+    """(N,) bool, True on `subpool`'s D_i for a cycle that labels k images (the budget A of
+    the released windows is k): the candidates of the BAL variants that pick in D_i their
+    own way (bal_jax.typical, bal_jax.bal_cover)."""
+    cand = subpool(
+        order,
+        labeled_mask,
+        cycle=cycle,
+        num_cycles=num_cycles,
+        beta=beta,
+        min_size=k,
+        variant=variant,
+        budget=k,
+    )
+    mask = np.zeros(np.shape(labeled_mask), bool)
+    mask[cand] = True
+    return mask

@@ -147,17 +147,14 @@ def bal_typical_select(
         )
     if probs is None:
         raise ValueError("bal_typical needs the main model's probabilities after cycle 0")
-    cand = np.asarray(
-        subpools.subpool(
-            np.asarray(order),
-            labeled_mask,
-            cycle=cycle,
-            num_cycles=num_cycles,
-            beta=beta,
-            min_size=k,
-            variant=window_variant,
-            budget=k,
-        )
+    cand = subpools.window_mask(
+        order,
+        labeled_mask,
+        cycle=cycle,
+        num_cycles=num_cycles,
+        beta=beta,
+        k=k,
+        variant=window_variant,
     )
     uncertainty_N = 1.0 - np.max(np.asarray(probs, np.float64), axis=-1)
     return coverage_select(key, feats_ND, labeled_mask, cand, uncertainty_N, k)

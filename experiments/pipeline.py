@@ -239,7 +239,7 @@ PRETEXT_FIELDS = (
 PRETEXT_DEFAULTS = {"pretext": "rotation", "feature_layer": "final", "simclr_lr": SIMCLR_LR}
 # Documented variants of BAL (the paper's is `bal`): each has its own beta search and paired
 # differences in the summary.
-VARIANTS = ("bal_typical", "bal_switch", "bal_herding")
+VARIANTS = ("bal_typical", "bal_switch", "bal_herding", "bal_cover")
 # Neighbours of the validation-split kNN accuracy of the pretext features (issue 11).
 KNN_K = 20
 

@@ -151,8 +151,8 @@ def test_choose_delta_default_grid_on_the_sphere():
 # MaxHerding.
 
 
-def _herd(x, labeled, k, sigma):
-    picked = coverage.maxherding(x, labeled, k, sigma=sigma, normalize=False)
+def _herd(x, labeled, k, sigma, **kw):
+    picked = coverage.maxherding(x, labeled, k, sigma=sigma, normalize=False, **kw)
     return np.asarray(picked).tolist()
 
 
@@ -186,6 +186,43 @@ def test_maxherding_matches_numpy_greedy(num_labeled):
     reached = np.exp(-d2[:, np.r_[np.flatnonzero(labeled), picked]] / (2 * sigma**2)).max(1)
     np.testing.assert_allclose(reached.sum(), best, rtol=1e-5)
     assert picked[0] == expected[0]
+
+
+def test_weighted_candidate_herding_by_hand():
+    # Weight 0 on the dense {10, 11, 11.5} (indices 3-5): covering it is worth nothing, so the
+    # first pick is 1 (1 + 2 e^-.5 = 2.213), then the lone 20 (1.0) over 0 or 2 (0.393).
+    weights = np.array([1, 1, 1, 0, 0, 0, 1], np.float32)
+    assert _herd(HERD, _mask(7), 2, sigma=1.0, weights=weights) == [1, 6]
+    # Picks only among the candidates 0, 3, 5, 6 (not 11, the best overall): 11.5 first
+    # (1 + e^-.125 + e^-1.125 = 2.207, against 1.931 for 10 and 1.742 for 0), then 0 (1.742,
+    # while 10 now adds only 1 - e^-1.125 = 0.675), then 20 (1.0).
+    cand = _mask(7, (0, 3, 5, 6))
+    assert _herd(HERD, _mask(7), 3, sigma=1.0, candidates=cand) == [5, 0, 6]
+    # Uniform weights change nothing; scaling them all changes nothing.
+    for w in (np.ones(7), np.full(7, 0.25)):
+        assert _herd(HERD, _mask(7), 3, sigma=1.0, weights=w) == [4, 1, 6]
+
+
+@pytest.mark.parametrize("num_labeled", [0, 60])
+def test_weighted_candidate_herding_matches_numpy_greedy(num_labeled):
+    rng = np.random.default_rng(30 + num_labeled)
+    x = rng.normal(size=(200, 3)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    labeled = _mask(200, rng.choice(200, num_labeled, replace=False))
+    cand = rng.random(200) < 0.4
+    w = rng.random(200).astype(np.float32)
+    sigma = 0.5
+    got = coverage.maxherding(x, labeled, 15, sigma=sigma, candidates=cand, weights=w)
+    got = np.asarray(got)
+    a = np.exp(-((x[:, None] - x[None]) ** 2).sum(-1).astype(np.float64) / (2 * sigma**2))
+    c = a[:, labeled].max(1) if labeled.any() else np.zeros(200)
+    free = cand & ~labeled
+    assert free[got].all() and np.unique(got).size == 15
+    for p in got:  # each pick has the largest weighted gain of the free candidates, to rounding
+        gain = np.where(free, (w[None, :] * np.maximum(a - c[None, :], 0)).sum(1), -np.inf)
+        assert gain[p] >= gain.max() - 1e-4
+        free[p] = False
+        c = np.maximum(c, a[p])
 
 
 def test_default_sigma_is_the_median_nearest_neighbour_distance():
@@ -223,6 +260,22 @@ def test_k_picks_distinct_and_unlabeled(method, num_labeled):
         (lambda: coverage.maxherding(LINE, _mask(6, (0, 1)), 5, sigma=1.0), "k=5"),
         (lambda: coverage.probcover(jax.random.key(0), LINE, _mask(6), 2, delta=0.0), "delta"),
         (lambda: coverage.maxherding(LINE, _mask(6), 2, sigma=float("nan")), "sigma"),
+        (
+            lambda: coverage.maxherding(LINE, _mask(6), 3, sigma=1.0, candidates=_mask(6, (1, 2))),
+            "2 unlabeled candidates",
+        ),
+        (
+            lambda: coverage.maxherding(LINE, _mask(6), 2, sigma=1.0, candidates=np.ones(6)),
+            "candidates must be a",
+        ),
+        (
+            lambda: coverage.maxherding(LINE, _mask(6), 2, sigma=1.0, weights=-np.ones(6)),
+            "weights must be 6 finite",
+        ),
+        (
+            lambda: coverage.maxherding(LINE, _mask(6), 2, sigma=1.0, weights=np.ones(5)),
+            "weights must be 6 finite",
+        ),
         (lambda: coverage.choose_delta(jax.random.key(0), LINE, 2, alpha=0.0), "alpha"),
         (lambda: coverage.choose_delta(jax.random.key(0), LINE, 2, grid=()), "grid"),
         (lambda: coverage.select("probcover", jax.random.key(0), None, _mask(6), 2), "pretext"),

@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bal_jax import diversity, methods, subpools, typical
+from bal_jax.bal_cover import bal_cover_select
 
 
 def _reference_round_robin(assign, labeled, cand, score, k, min_size):
@@ -160,7 +161,7 @@ def test_needs_beta_only_where_bals_sub_pools_are_drawn_from():
     assert not methods.needs_beta("random", counts, **kw)
     assert not methods.needs_beta("typiclust", counts, **kw)
     # bal_switch: only when the budget reaches its switch.
-    for variant in ("bal_switch", "bal_herding"):
+    for variant in ("bal_switch", "bal_herding", "bal_cover"):
         assert not methods.needs_beta(variant, counts, **kw)
         assert methods.needs_beta(variant, counts, pool_size=n, switch_fraction=0.05)
 
@@ -188,8 +189,22 @@ def test_switch_variants_are_their_selector_then_the_papers_bal(variant, fractio
             preds=methods.PoolPredictions(probs_NC=probs),
         )
         got = methods.select(variant, key, **kw)
-        same_as = methods.SWITCH_SELECTORS[variant] if cycle < switch else "bal"
-        np.testing.assert_array_equal(got, methods.select(same_as, key, **kw))
+        if cycle >= switch and variant == "bal_cover":  # its own rule in BAL's windows
+            expected = bal_cover_select(
+                order=order,
+                feats_ND=feats,
+                labeled_mask=labeled,
+                cycle=cycle,
+                num_cycles=5,
+                k=12,
+                beta=1.5,
+                sigma=None,
+                probs=probs,
+            )
+        else:
+            same_as = methods.SWITCH_SELECTORS[variant] if cycle < switch else "bal"
+            expected = methods.select(same_as, key, **kw)
+        np.testing.assert_array_equal(got, expected)
         labeled = labeled.copy()
         labeled[got] = True
 
