@@ -21,13 +21,14 @@ python -m experiments.main --config=cifar10_cpu --budget=small "--seeds=$seeds" 
   --pretext=patches --classifier=linear "--method=$methods" --cpu_devices=1 \
   --workdir=runs/cifar10_cpu_small_linear
 # The switch variants as a cold start only (--switch_fraction=0.02: TypiClust's / MaxHerding's
-# picks for the first 2 %, the paper's BAL after), reported as bal_switch_cold / bal_herding_cold.
+# picks for the first 2 %, the paper's BAL (bal_cover: its weighted coverage in BAL's windows)
+# after), reported as bal_switch_cold / bal_herding_cold / bal_cover_cold.
 python -m experiments.main --config=cifar10_cpu --budget=small "--seeds=$seeds" --pretext_seed=0 \
-  --pretext=patches --classifier=linear --method=bal_herding,bal_switch,random --cpu_devices=1 \
+  --pretext=patches --classifier=linear --method=bal_herding,bal_switch,bal_cover,random --cpu_devices=1 \
   --switch_fraction=0.02 --workdir=runs/cifar10_cpu_small_linear_cold
 python -m experiments.compare \
   "--run=runs/cifar10_cpu_small_linear:$methods" \
-  --run=runs/cifar10_cpu_small_linear_cold:bal_herding=bal_herding_cold,bal_switch=bal_switch_cold,random \
-  --reference=bal,bal_switch,bal_typical,bal_herding_cold,bal_switch_cold \
+  --run=runs/cifar10_cpu_small_linear_cold:bal_herding=bal_herding_cold,bal_switch=bal_switch_cold,bal_cover=bal_cover_cold,random \
+  --reference=bal,bal_switch,bal_typical,bal_herding_cold,bal_switch_cold,bal_cover_cold \
   --title="CIFAR-10 at CPU scale, small budget, linear head on k-means patch features" \
   --out=experiments/reports/cifar10_cpu_linear

@@ -11,12 +11,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 seeds="${SEEDS:-0,1,2,3,4}"
-methods="${METHODS:-bal,bal_switch,bal_herding,typiclust,probcover,maxherding,random,confidence,coreset,badge}"
+methods="${METHODS:-bal,bal_switch,bal_herding,bal_cover,typiclust,probcover,maxherding,random,confidence,coreset,badge}"
 python -m experiments.main --config=cifar10_cpu --budget=medium "--seeds=$seeds" --pretext_seed=0 \
   --pretext=patches --classifier=linear "--method=$methods" --cpu_devices=1 \
   --workdir=runs/cifar10_cpu_medium_linear
 python -m experiments.compare \
   "--run=runs/cifar10_cpu_medium_linear:$methods" \
-  --reference=bal,bal_switch,bal_herding \
+  --reference=bal,bal_switch,bal_herding,bal_cover \
   --title="CIFAR-10 at CPU scale, medium budget, linear head on k-means patch features" \
   --out=experiments/reports/cifar10_cpu_linear_medium
