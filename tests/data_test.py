@@ -38,6 +38,28 @@ def test_digits_shapes_dtypes_and_split(digits):
     np.testing.assert_allclose(ds.std, [ref.std()], rtol=1e-10)
 
 
+def test_digits_are_read_without_importing_scikit_learn():
+    """The file scikit-learn ships, read directly, equals its loader's arrays; a fresh process
+    loading digits does not import scikit-learn (1.5 s of every digits run before)."""
+    import subprocess
+    import sys
+
+    from sklearn.datasets import load_digits as sk_digits
+
+    from bal_jax.data.digits import _read_digits
+
+    images, labels = _read_digits()
+    ref = sk_digits()
+    np.testing.assert_array_equal(images, ref.images)
+    np.testing.assert_array_equal(labels, ref.target)
+    code = (
+        "import sys; from bal_jax.data.load import load_dataset; load_dataset('digits'); "
+        "print('sklearn' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
 def test_digits_is_deterministic_and_resizable(digits):
     again = load_dataset("digits")
     for field in digits._fields:
