@@ -31,8 +31,7 @@ from absl import app, flags
 
 from bal_jax import heads, patch_features
 from bal_jax.keys import named_key
-from experiments.config import PRESETS
-from experiments.pipeline import load_data
+from experiments.config import PRESETS, load_data
 
 OPTIONS = ("linear_whitened", "linear", "linear_flip")
 # PCA dimensions of the whitened selection features compared (the default:

@@ -18,7 +18,14 @@ import json
 from collections.abc import Callable
 
 from bal_jax.budgets import BUDGETS
+from bal_jax.data.pools import ActiveSplits, load_active_splits
 from bal_jax.features import SIMCLR_LR
+from bal_jax.settings import TrainSettings
+from bal_jax.train import RECIPES
+
+
+class ConfigError(ValueError):
+    """A configuration (flags, preset, data) that cannot run; the message is one sentence."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,6 +146,105 @@ class Config:
             if d[name] == default:
                 d.pop(name)
         return json.loads(json.dumps(d))
+
+
+# The command-line flag of each Config field (experiments.main defines one flag per entry,
+# named as the field but --method for `methods`; a flag given overrides the preset's value):
+# a field is described here, once, and its flag and checks (experiments.plan) follow from it.
+FLAG_NAMES = {"methods": "method"}
+FLAG_HELP = {
+    "dataset": "digits, cifar10, svhn, caltech101, or folder:PATH.",
+    "data_dir": "tfds data_dir holding prepared datasets.",
+    "image_size": "Resize images to this size (multiple of 32).",
+    "train_subset": "Class-balanced subset of the training split.",
+    "val_size": "Validation images carved from the training split.",
+    "test_subset": "Class-balanced subset of the test split (smoke runs).",
+    "data_seed": "Seed of the subsets and the validation split (0).",
+    "budget": "The paper's budget regime: small, medium or large.",
+    "fractions": "Explicit cumulative labeled fractions, e.g. 0.02,0.04.",
+    "warm_start": "Override: warm start (default small/medium) or scratch.",
+    "methods": "Methods to compare, e.g. bal,random,pt4al.",
+    "seeds": "Seeds, e.g. 0,1,2.",
+    "width": "VGG16 channel multiplier (1.0 = the paper's network).",
+    "pretext_epochs": "Pretext epochs.",
+    "pretext_batch_size": "Pretext batch size (images; 4 views each).",
+    "pretext_lr": "Pretext learning rate (rotation).",
+    "pretext_milestones": "Pretext epochs where the learning rate drops 10x.",
+    "pretext_seed": "Share one pretext network (this seed's) by all seeds.",
+    "epochs": "Main-task epochs per cycle.",
+    "batch_size": "Main-task batch size.",
+    "lr": "Main-task learning rate.",
+    "milestones": "Main-task epochs where the learning rate drops 10x.",
+    "recipe": "Main-task training recipe: paper or small_data.",
+    "eval_batch_size": "Inference batch size.",
+    "dtype": "Compute dtype: float32 or bfloat16 (bf16: GPU/TPU only).",
+    "steps_per_dispatch": "Optimizer steps per jitted call (GPU/TPU).",
+    "num_clusters": "K for K-means (default: number of classes).",
+    "beta": "Fixed balancing factor (default: searched on validation).",
+    "beta_grid": "Beta search candidates.",
+    "beta_search_cycles": "Cycles run per beta candidate (default: --beta_search_fraction).",
+    "bal_sampler": "Ablation: confidence, entropy, kmeans or random.",
+    "cdd_order": "Ablation: ascending or descending.",
+    "indicator": "Ablation: cdd, nearest_distance or pretext_loss.",
+    "subpools": "Ablation: adaptive or uniform.",
+    "window_variant": "Sub-pool window units: paper or released.",
+    "normalize_logits": "Released code's max softmax(z/||z||).",
+    "augment": "Training augmentation: crop_flip, crop or none.",
+    "beta_search_fraction": "Labeled fraction the beta search reaches (paper Eq. 9: 0.15).",
+    "kmeans_n_init": "K-means restarts, lowest inertia kept.",
+    "pretext_feature": "Pretext feature view (SPEC Step 2): upright or random_rotation.",
+    "pt4al_normalize_logits": "PT4AL ranks by max softmax(z/||z||).",
+    "window_budget": "A of --window_variant=released (its --addendum).",
+    "fractions_of": "What budget fractions are of: pool or train.",
+    "drop_classes": "Class names to drop, e.g. background_google.",
+    "resplit_test_fraction": "Pool train+test and draw this test share.",
+    "pretext": "Pretext features: rotation (the paper's), simclr or patches (k-means patches).",
+    "feature_layer": "Pretext features to cluster: final (the paper's) or block1..block5.",
+    "simclr_lr": "Adam learning rate of the simclr pretext.",
+    "switch_fraction": (
+        "bal_switch / bal_herding / bal_cover: TypiClust / MaxHerding picks while fewer than "
+        "this fraction of the pool is labeled (0.1)."
+    ),
+    "classifier": "Classifier of every cycle: vgg (the paper's) or linear (patch features).",
+}
+
+
+def load_data(c: Config) -> ActiveSplits:
+    """The pool, validation and test splits a config names (`bal_jax.data.load_active_splits`);
+    ConfigError with one sentence for a bad size, an unknown name or missing data."""
+    try:
+        return load_active_splits(
+            c.dataset,
+            val_size=c.val_size,
+            seed=c.data_seed,
+            data_dir=c.data_dir,
+            image_size=c.image_size,
+            drop_classes=c.drop_classes,
+            resplit_test_fraction=c.resplit_test_fraction,
+            train_subset=c.train_subset,
+            test_subset=c.test_subset,
+        )
+    except (ValueError, FileNotFoundError) as e:  # unknown name, not prepared, bad folder
+        raise ConfigError(f"--{e}" if str(e).startswith(_SIZE_FLAGS) else str(e)) from None
+
+
+# The sizes whose ValueError starts with their name: the message names the flag.
+_SIZE_FLAGS = ("train_subset", "val_size", "test_subset")
+
+
+def main_settings(c: Config) -> TrainSettings:
+    """The main model's training settings of a config (the runner's and experiments.noise's)."""
+    return TrainSettings(
+        epochs=c.epochs,
+        batch_size=c.batch_size,
+        learning_rate=c.lr,
+        milestones=c.milestones,
+        augment=c.augment,
+        eval_batch_size=c.eval_batch_size,
+        recipe=RECIPES[c.recipe],
+        dtype=c.dtype,
+        steps_per_dispatch=c.steps_per_dispatch,
+    )
 
 
 def digits_cpu() -> Config:

@@ -25,7 +25,8 @@ from absl import app, flags, logging
 from bal_jax.diagnostics import knn_accuracy, nmi, pooled_pixels, purity
 from bal_jax.kmeans import cdd_order, kmeans
 from experiments import main as runner
-from experiments.pipeline import ConfigError, default_pretext_dir, load_data, pretext_cache_dir
+from experiments.config import ConfigError, load_data
+from experiments.pipeline import default_pretext_dir, pretext_cache_dir
 
 
 def describe(key, feats_ND: np.ndarray, labels_N: np.ndarray, num_classes: int) -> dict:

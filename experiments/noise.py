@@ -32,7 +32,8 @@ from bal_jax.learners import VGGLearner
 from bal_jax.settings import ModelSpec, fit_kwargs
 from experiments import config as config_lib
 from experiments import report
-from experiments.pipeline import ConfigError, check_config, load_data, main_settings
+from experiments.config import ConfigError, load_data, main_settings
+from experiments.plan import check_config
 
 
 def define_flags() -> None:

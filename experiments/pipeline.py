@@ -42,11 +42,11 @@ import jax
 import numpy as np
 from absl import logging
 
-from bal_jax import data as data_lib
 from bal_jax import heads, patch_features
-from bal_jax.active_loop import ModelSpec, Split, TrainSettings, run_cycles, search_beta
+from bal_jax.active_loop import ModelSpec, TrainSettings, run_cycles, search_beta
 from bal_jax.atomic import atomic_path
 from bal_jax.checkpoint import ModelStore, RunCheckpointer
+from bal_jax.data.pools import ActiveSplits
 from bal_jax.diagnostics import knn_accuracy
 from bal_jax.features import PRETEXT_CODE_VERSION, SIMCLR_LR, pretext_outputs
 from bal_jax.keys import named_key
@@ -62,67 +62,10 @@ from bal_jax.methods import (
 from bal_jax.parallel import barrier, check_same_across_processes, is_primary, make_mesh
 from bal_jax.train import RECIPES
 from experiments import report
-from experiments.config import Config
-from experiments.plan import ConfigError, Plan, check_config, make_plan
+from experiments.config import Config, ConfigError, load_data, main_settings
+from experiments.plan import Plan, check_config, make_plan
 
-__all__ = ["ConfigError", "check_config", "load_data", "make_plan", "run_experiment"]
-
-
-@dataclasses.dataclass(frozen=True)
-class Data:
-    name: str
-    pool: Split
-    val: Split
-    test: Split
-    pool_ids: np.ndarray
-    class_names: tuple[str, ...]
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-
-
-def load_data(c: Config) -> Data:
-    try:
-        ds = data_lib.load_dataset(c.dataset, data_dir=c.data_dir, image_size=c.image_size)
-        if c.drop_classes:
-            ds = data_lib.drop_classes(ds, c.drop_classes)
-        if c.resplit_test_fraction is not None:
-            ds = data_lib.resplit(ds, test_fraction=c.resplit_test_fraction, seed=c.data_seed)
-    except (ValueError, FileNotFoundError) as e:  # unknown name, not prepared, bad folder
-        raise ConfigError(str(e)) from None
-    labels = np.asarray(ds.train_labels)
-    idx = np.arange(labels.shape[0])
-    if c.train_subset is not None:
-        if c.train_subset > labels.shape[0]:
-            raise ConfigError(
-                f"--train_subset={c.train_subset} exceeds the {labels.shape[0]} training images"
-            )
-        idx = np.asarray(
-            data_lib.class_balanced_subset(labels, size=c.train_subset, seed=c.data_seed)
-        )
-    if c.val_size >= idx.size:
-        raise ConfigError(
-            f"--val_size={c.val_size} leaves no pool out of {idx.size} training images"
-        )
-    pool_rel, val_rel = data_lib.split_validation(labels[idx], size=c.val_size, seed=c.data_seed)
-    pool_idx, val_idx = idx[np.asarray(pool_rel)], idx[np.asarray(val_rel)]
-    test_labels = np.asarray(ds.test_labels)
-    test_idx = np.arange(test_labels.shape[0])
-    if c.test_subset is not None:
-        if not 1 <= c.test_subset <= test_labels.shape[0]:
-            raise ConfigError(f"--test_subset must be in [1, {test_labels.shape[0]}]")
-        test_idx = np.asarray(
-            data_lib.class_balanced_subset(test_labels, size=c.test_subset, seed=c.data_seed)
-        )
-    return Data(
-        name=ds.name,
-        pool=Split(ds.train_images[pool_idx], labels[pool_idx]),
-        val=Split(ds.train_images[val_idx], labels[val_idx]),
-        test=Split(ds.test_images[test_idx], test_labels[test_idx]),
-        pool_ids=np.asarray(ds.train_ids)[pool_idx],
-        class_names=tuple(ds.class_names),
-        mean=tuple(ds.mean),
-        std=tuple(ds.std),
-    )
+__all__ = ["ConfigError", "check_config", "make_plan", "run_experiment"]
 
 
 def check_writable(folder: str, what: str) -> None:
@@ -175,7 +118,7 @@ def _bind_workdir(workdir: str, c: Config, ndev: int = 1) -> None:
         )
 
 
-def _images_digest(d: Data) -> str:
+def _images_digest(d: ActiveSplits) -> str:
     """Which images, in which order, a cache of features belongs to (the cache folder is
     keyed by settings; a dataset read from another source can hold the same images in
     another order)."""
@@ -185,7 +128,7 @@ def _images_digest(d: Data) -> str:
     return h.hexdigest()[:16]
 
 
-def _cached(path: str, d: Data, log) -> dict | None:
+def _cached(path: str, d: ActiveSplits, log) -> dict | None:
     """The cached arrays at `path`, or None when absent or made for other images (caches
     written before the digest was recorded are trusted)."""
     if not os.path.exists(path):
@@ -270,7 +213,7 @@ def pretext_cache_dir(c: Config, pretext_dir: str) -> str:
 
 
 def _seed_context(
-    c: Config, d: Data, plan: Plan, key, seed: int, pretext_dir: str, mesh, log
+    c: Config, d: ActiveSplits, plan: Plan, key, seed: int, pretext_dir: str, mesh, log
 ) -> tuple[SelectionContext, dict]:
     """Pretext training and features (cached), K-means/CDD order for one seed."""
     model = ModelSpec(len(d.class_names), d.pool.images.shape[-1], c.width)
@@ -370,7 +313,7 @@ def _seed_context(
 _TRANSFORM = "transform_"
 
 
-def _stored_transform(cache_dir: str, pretext_seed: int, d: Data):
+def _stored_transform(cache_dir: str, pretext_seed: int, d: ActiveSplits):
     """The patch transform `_seed_context` fitted and cached for this pretext seed, or None."""
     z = _cached(os.path.join(cache_dir, f"seed{pretext_seed}.npz"), d, lambda _: None)
     if z is None or not any(k.startswith(_TRANSFORM) for k in z.files):
@@ -381,7 +324,7 @@ def _stored_transform(cache_dir: str, pretext_seed: int, d: Data):
     )
 
 
-def _head_features(c: Config, d: Data, seed: int, pretext_dir: str, log) -> HeadFeatures:
+def _head_features(c: Config, d: ActiveSplits, seed: int, pretext_dir: str, log) -> HeadFeatures:
     """`--classifier=linear`'s features (cached beside the pretext features): the patch
     transform of the seed's pretext (the same key, so the same transform) on the pool,
     validation and test images; with `--augment=crop_flip` of each image and its mirror
@@ -462,21 +405,6 @@ def _search_beta(
         f"{state['seconds']:.1f}s in all, {plan.search_cycles} cycles per candidate)"
     )
     return result.beta, state
-
-
-def main_settings(c: Config) -> TrainSettings:
-    """The main model's training settings of a config (the runner's and experiments.noise's)."""
-    return TrainSettings(
-        epochs=c.epochs,
-        batch_size=c.batch_size,
-        learning_rate=c.lr,
-        milestones=c.milestones,
-        augment=c.augment,
-        eval_batch_size=c.eval_batch_size,
-        recipe=RECIPES[c.recipe],
-        dtype=c.dtype,
-        steps_per_dispatch=c.steps_per_dispatch,
-    )
 
 
 def budget_line(c: Config, plan: Plan, pool_size: int) -> str:
@@ -686,7 +614,7 @@ def _recipe_text(c: Config) -> str:
 
 
 def write_reports(
-    c: Config, d: Data, plan: Plan, records: list[dict], meta: dict, workdir: str
+    c: Config, d: ActiveSplits, plan: Plan, records: list[dict], meta: dict, workdir: str
 ) -> None:
     table = report.accuracy_table(records, c.methods)
     paired = report.paired_difference_table(records, "bal", c.methods)

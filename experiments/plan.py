@@ -29,16 +29,12 @@ from bal_jax.models.vgg import FEATURE_LAYERS
 from bal_jax.precision import DTYPES
 from bal_jax.settings import AUGMENTATIONS
 from bal_jax.train import RECIPES
-from experiments.config import Config
+from experiments.config import Config, ConfigError
 
 __all__ = ["FRACTIONS_OF", "ConfigError", "Plan", "check_config", "make_plan"]
 
 # What budget fractions are fractions of (docs/fidelity.md, SPEC "Budget regimes").
 FRACTIONS_OF = ("pool", "train")
-
-
-class ConfigError(ValueError):
-    """A bad flag or preset value, reported before any training."""
 
 
 def _need(ok: bool, msg: str) -> None:

@@ -33,6 +33,31 @@ def test_dataset_picks_its_preset_and_flags_override():
     assert cfg.use_warm_start
 
 
+def test_every_config_field_has_one_typed_flag():
+    """The flags are derived from Config (experiments.main._define_config_flags): each field
+    but the preset has one, under its own name (--method for methods), parsed to its type."""
+    fields = {f.name for f in dataclasses.fields(config_lib.Config)} - {"preset"}
+    assert {field for field, _ in main_lib._OVERRIDES.values()} == fields
+    assert set(config_lib.FLAG_HELP) == fields
+    cfg = main_lib.build_config(
+        _flags(
+            "--method=bal,random",
+            "--data_seed=3",
+            "--drop_classes=a,b",
+            "--nowarm_start",
+            "--fractions=0.1,0.2",
+            "--milestones=3,5",
+            "--beta=1.5",
+            "--lr=0.01",
+            "--recipe=small_data",
+        )
+    )
+    assert cfg.methods == ("bal", "random") and cfg.data_seed == 3
+    assert cfg.drop_classes == ("a", "b") and cfg.warm_start is False
+    assert cfg.fractions == (0.1, 0.2) and cfg.milestones == (3, 5)
+    assert (cfg.beta, cfg.lr, cfg.recipe) == (1.5, 0.01, "small_data")
+
+
 def test_large_budget_trains_from_scratch():
     assert not dataclasses.replace(config_lib.Config(), budget="large").use_warm_start
 

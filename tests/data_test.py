@@ -126,3 +126,28 @@ def test_make_dataset_rejects_bad_arrays(overrides, match):
 def test_load_dataset_rejects_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         load_dataset(**kwargs)
+
+
+def test_active_splits_are_disjoint_sized_and_seeded():
+    from bal_jax.data import load_active_splits
+
+    s = load_active_splits("digits", val_size=100, seed=3, train_subset=600, test_subset=50)
+    assert (len(s.pool.labels), len(s.val.labels), len(s.test.labels)) == (500, 100, 50)
+    assert s.pool_ids.shape == (500,) and len(set(s.pool_ids)) == 500
+    # The pool's images and labels are the training images of its ids.
+    full = load_dataset("digits")
+    index = {i: n for n, i in enumerate(full.train_ids)}
+    rows = [index[i] for i in s.pool_ids]
+    np.testing.assert_array_equal(s.pool.images, full.train_images[rows])
+    np.testing.assert_array_equal(s.pool.labels, full.train_labels[rows])
+    again = load_active_splits("digits", val_size=100, seed=3, train_subset=600, test_subset=50)
+    np.testing.assert_array_equal(again.pool_ids, s.pool_ids)
+    other = load_active_splits("digits", val_size=100, seed=4, train_subset=600, test_subset=50)
+    assert set(other.pool_ids) != set(s.pool_ids)
+    for kwargs, match in (
+        (dict(val_size=1437), "val_size=1437 leaves no pool"),
+        (dict(val_size=10, train_subset=5000), "train_subset=5000 exceeds the 1437"),
+        (dict(val_size=10, test_subset=0), r"test_subset must be in \[1, 360\]"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            load_active_splits("digits", **kwargs)

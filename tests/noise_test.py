@@ -6,7 +6,7 @@ import numpy as np
 
 from bal_jax import train
 from experiments import config, noise
-from experiments.pipeline import load_data
+from experiments.config import load_data
 
 
 def test_labeled_set_is_fixed_per_size_and_distinct():

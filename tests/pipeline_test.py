@@ -144,7 +144,7 @@ def test_linear_head_reuses_the_pretexts_patch_transform(tmp_path):
     fits it for the head alone)."""
     from bal_jax import patch_features
     from experiments import config as config_lib
-    from experiments.pipeline import load_data
+    from experiments.config import load_data
 
     workdir = str(tmp_path / "linear")
     # One cycle (each labeled-set size compiles its own cross-validated head) on a 240-image

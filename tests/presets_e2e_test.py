@@ -37,7 +37,8 @@ from bal_jax import methods as methods_lib
 from bal_jax.active_loop import Split, _check_selection
 from experiments import config as config_lib
 from experiments import report
-from experiments.pipeline import check_config, load_data, make_plan, run_experiment
+from experiments.config import load_data
+from experiments.pipeline import check_config, make_plan, run_experiment
 
 BUDGETS = ("small", "medium", "large")
 # Shared by every preset so the jitted steps compile once per image shape and class count.

@@ -13,6 +13,7 @@ import pytest
 
 from bal_jax.active_loop import Split
 from bal_jax.data import cache
+from bal_jax.data.pools import ActiveSplits
 from experiments import config as config_lib
 from experiments import pipeline, report
 from experiments.pipeline import ConfigError, make_plan
@@ -96,7 +97,7 @@ def test_cached_features_of_other_images_are_computed_again(tmp_path):
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (6, 4, 4, 1), dtype=np.uint8)
     split = Split(images, np.arange(6) % 2)
-    d = pipeline.Data("toy", split, split, split, np.arange(6), ("a", "b"), (0.5,), (0.2,))
+    d = ActiveSplits("toy", split, split, split, np.arange(6), ("a", "b"), (0.5,), (0.2,))
     path = str(tmp_path / "seed0.npz")
     lines = []
     assert pipeline._cached(path, d, lines.append) is None  # nothing cached yet
@@ -168,7 +169,7 @@ def test_resumed_beta_search_logs_the_total_time(tmp_path):
     cfg = _digits(beta_grid=(1.0, 2.0), fractions=(0.1, 0.2))
     rng = np.random.default_rng(0)
     split = Split(rng.integers(0, 256, (100, 32, 32, 1), dtype=np.uint8), np.arange(100) % 10)
-    d = pipeline.Data(
+    d = ActiveSplits(
         "digits", split, split, split, np.arange(100), tuple("0123456789"), (0.5,), (0.2,)
     )
     plan = make_plan(cfg, pool_size=100, val_size=100, num_classes=10)

@@ -21,7 +21,6 @@ import sys
 from bal_jax import train
 from experiments import config as config_lib
 from experiments.noise import labeled_set, train_once
-from experiments.pipeline import load_data
 
 S = train.RECIPES["small_data"]
 PAPER = train.RECIPES["paper"]
@@ -46,7 +45,7 @@ OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "levers.jsonl")
 
 def main(names, size, seeds):
     cfg = config_lib.PRESETS["cifar10_cpu"]()
-    data = load_data(cfg)
+    data = config_lib.load_data(cfg)
     idx = labeled_set(data.pool.images.shape[0], size, data_seed=cfg.data_seed)
     for seed in seeds:
         for name in names:
