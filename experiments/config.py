@@ -136,6 +136,10 @@ class Config:
         d = dataclasses.asdict(self)
         for name in ("methods", "seeds", "preset"):
             d.pop(name)
+        if self.classifier == "linear":
+            # The linear head is fitted anew every cycle: warm start has no meaning there, so
+            # a preset's warm_start change leaves linear-head workdirs valid.
+            d["warm_start"] = None
         # At their defaults these are left out, so workdirs made before they existed stay valid.
         for name, default in (
             ("dtype", "float32"),

@@ -114,6 +114,16 @@ def test_bad_flag_value_says_what_is_expected(flag, message):
     assert str(e.value) == message
 
 
+def test_linear_head_workdirs_ignore_warm_start():
+    """The linear head is refitted from nothing every cycle: a preset's warm_start (the
+    cifar10_cpu preset changed it) must not orphan a linear-head workdir; a VGG's it must."""
+    linear = dataclasses.replace(config_lib.cifar10_cpu(), pretext="patches", classifier="linear")
+    for warm in (None, True, False):
+        assert dataclasses.replace(linear, warm_start=warm).fingerprint() == linear.fingerprint()
+    vgg = config_lib.cifar10_cpu()
+    assert dataclasses.replace(vgg, warm_start=True).fingerprint() != vgg.fingerprint()
+
+
 def test_fingerprint_ignores_methods_and_seeds():
     a = config_lib.Config()
     b = dataclasses.replace(a, methods=("random",), seeds=(4,))
