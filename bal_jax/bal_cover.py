@@ -30,6 +30,7 @@ from __future__ import annotations
 import numpy as np
 
 from bal_jax import coverage, subpools
+from bal_jax.sampling import check_query
 
 
 def bal_cover_select(
@@ -67,11 +68,7 @@ def bal_cover_select(
     if probs is None:
         raise ValueError("bal_cover needs the main model's probabilities after its switch")
     labeled_mask = np.asarray(labeled_mask, bool)
-    probs = np.asarray(probs, np.float64)
-    if probs.ndim != 2 or probs.shape[0] != labeled_mask.shape[0]:
-        raise ValueError(
-            f"probs must have shape ({labeled_mask.shape[0]}, num_classes); got {probs.shape}"
-        )
+    check_query(k, labeled_mask, labeled_mask.shape[0], probs, None)
     cand_N = subpools.window_mask(
         order,
         labeled_mask,
@@ -82,7 +79,7 @@ def bal_cover_select(
         variant=window_variant,
     )
     sigma = coverage.default_sigma(feats_ND) if sigma is None else sigma
-    uncertainty_N = 1.0 - probs.max(axis=1)
+    uncertainty_N = 1.0 - np.asarray(probs, np.float64).max(axis=1)
     picked = coverage.maxherding(
         feats_ND, labeled_mask, k, sigma=sigma, candidates=cand_N, weights=uncertainty_N
     )

@@ -276,8 +276,9 @@ def maxherding(
                 f"candidates must be a ({n},) bool array, got {cand.dtype} {cand.shape}"
             )
         cand_N = cand_N & jnp.asarray(cand)
-        if int(jnp.sum(cand_N)) < k:
-            raise ValueError(f"k={k} is more than the {int(jnp.sum(cand_N))} unlabeled candidates")
+        free = int(jnp.sum(cand_N))
+        if free < k:
+            raise ValueError(f"k={k} is more than the {free} unlabeled candidates")
     w_N = jnp.ones((n,), x_ND.dtype)
     if weights is not None:
         w_N = jnp.asarray(weights, x_ND.dtype)

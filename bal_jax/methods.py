@@ -24,7 +24,8 @@ from bal_jax import coverage, diversity, sampling, subpools
 from bal_jax.bal_cover import bal_cover_select
 from bal_jax.kmeans import cdd, kmeans, pairwise_sq_dists
 from bal_jax.pt4al import pt4al_select
-from bal_jax.sampling import candidates_mask, check_query
+from bal_jax.sampling import check_query
+from bal_jax.subpools import candidates_mask
 from bal_jax.typical import bal_typical_select
 
 METHODS = (

@@ -13,7 +13,8 @@ import jax
 import numpy as np
 
 from bal_jax import sampling, subpools
-from bal_jax.sampling import candidates_mask, check_query
+from bal_jax.sampling import check_query
+from bal_jax.subpools import candidates_mask
 
 
 def pt4al_select(

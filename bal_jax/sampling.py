@@ -400,7 +400,7 @@ def first_k(order: jax.typing.ArrayLike, candidates: jax.typing.ArrayLike, k: in
     return _first_k_core(order, is_cand_M, k=k)
 
 
-# Query checks shared by the sub-pool methods (bal_jax.methods, bal_jax.pt4al).
+# The query check shared by the sub-pool methods (bal_jax.methods, pt4al, bal_cover).
 
 
 def check_query(k: int, labeled_mask: np.ndarray, pool_size: int, probs, logits) -> None:
@@ -418,10 +418,3 @@ def check_query(k: int, labeled_mask: np.ndarray, pool_size: int, probs, logits)
                 f"{name} must have shape ({pool_size}, num_classes), one row per pool image; "
                 f"got {np.shape(value)}"
             )
-
-
-def candidates_mask(idx: np.ndarray, size: int) -> np.ndarray:
-    """(size,) bool, True at the pool indices `idx`."""
-    mask = np.zeros(size, bool)
-    mask[idx] = True
-    return mask

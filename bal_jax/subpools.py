@@ -288,6 +288,11 @@ def window_mask(
         variant=variant,
         budget=k,
     )
-    mask = np.zeros(np.shape(labeled_mask), bool)
-    mask[cand] = True
+    return candidates_mask(cand, np.shape(labeled_mask)[0])
+
+
+def candidates_mask(idx: np.ndarray, size: int) -> np.ndarray:
+    """(size,) bool, True at the pool indices `idx` (a sub-pool as a mask)."""
+    mask = np.zeros(size, bool)
+    mask[idx] = True
     return mask

@@ -213,6 +213,10 @@ FLAG_HELP = {
 }
 
 
+# The sizes whose ValueError starts with their name: the message names the flag.
+_SIZE_FLAGS = ("train_subset", "val_size", "test_subset")
+
+
 def load_data(c: Config) -> ActiveSplits:
     """The pool, validation and test splits a config names (`bal_jax.data.load_active_splits`);
     ConfigError with one sentence for a bad size, an unknown name or missing data."""
@@ -230,10 +234,6 @@ def load_data(c: Config) -> ActiveSplits:
         )
     except (ValueError, FileNotFoundError) as e:  # unknown name, not prepared, bad folder
         raise ConfigError(f"--{e}" if str(e).startswith(_SIZE_FLAGS) else str(e)) from None
-
-
-# The sizes whose ValueError starts with their name: the message names the flag.
-_SIZE_FLAGS = ("train_subset", "val_size", "test_subset")
 
 
 def main_settings(c: Config) -> TrainSettings:
