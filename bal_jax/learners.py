@@ -78,19 +78,16 @@ def fit_linear_step(
     )
 
 
-def linear_predictions(
-    head: heads.LinearHead, feats, selection_features: np.ndarray | None = None
-) -> PoolPredictions:
+def linear_predictions(head: heads.LinearHead, feats) -> PoolPredictions:
     """The head's (flip-averaged) probabilities on `feats`; `features_ND` for Core-Set and
-    BADGE: `selection_features` when given, else the head's standardised input features."""
+    BADGE: the head's standardised input features (upright view), the penultimate layer of
+    a linear classifier, as a network's penultimate features are for the VGG16."""
     upright, mirror = heads.split_views(feats)
     probs = head.probs(upright, mirror)
-    if selection_features is None:
-        selection_features = (upright - head.mean_D) / head.scale_D
     return PoolPredictions(
         probs_NC=probs,
         logits_NC=np.log(np.maximum(probs, 1e-12)),
-        features_ND=np.asarray(selection_features, np.float32),
+        features_ND=np.asarray((upright - head.mean_D) / head.scale_D, np.float32),
     )
 
 

@@ -10,11 +10,14 @@ import numpy as np
 import pytest
 from labeling_test import annotate, quiet, write_digits
 
+from bal_jax import patch_features
 from bal_jax.active_loop import ModelSpec, Split, TrainSettings, run_cycles
+from bal_jax.keys import named_key
 from bal_jax.labeling import LabelingError, LabelingProject, ProjectConfig
+from bal_jax.labeling.config import LABELING_METHODS
 from bal_jax.labeling.models import predict_folder
 from bal_jax.learners import HeadFeatures
-from bal_jax.methods import SelectionContext
+from bal_jax.methods import SelectionContext, bal_order
 
 CONFIG = ProjectConfig(classes=tuple("0123456789"), per_round=10, rounds=3, cv_folds=3)
 
@@ -64,22 +67,52 @@ def test_default_setting_rounds_status_export_predict(folder, tmp_path):
     assert len(predicted) > 3
 
 
-def test_the_runners_linear_cycle_picks_the_same_images(folder, tmp_path):
-    """One classifier step for both tools: labeling rounds with the linear head and an
-    uncertainty method pick what `run_cycles(head_features=...)` picks on the same features."""
+@pytest.fixture(scope="module")
+def fit_once():
+    """Every project of the folder learns the same patch dictionary (same key, same images):
+    fit it once for the module (3.5 s each: K-means on 100,000 patches)."""
+    fitted = {}
+    original = patch_features.fit_patch_features
+
+    def fit(key, images, **kw):
+        name = (jax.random.key_data(key).tobytes(), images.tobytes(), tuple(sorted(kw.items())))
+        if name not in fitted:
+            fitted[name] = original(key, images, **kw)
+        return fitted[name]
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(patch_features, "fit_patch_features", fit)
+        yield
+
+
+@pytest.mark.parametrize("method", LABELING_METHODS)
+def test_the_runners_linear_cycle_picks_the_same_images(folder, fit_once, tmp_path, method):
+    """One cycle for both tools, every method a project can pick with: labeling rounds with
+    the linear head pick what the runner's `run_cycles(head_features=...)` picks from the
+    same pool, seed, labels and features, with the runner's own K-means order (checked equal
+    to the project's) and the project's beta."""
     images, truth = folder
-    config = dataclasses.replace(CONFIG, method="margin", rounds=2)
+    config = dataclasses.replace(CONFIG, method=method, rounds=2)
     project, picks = run_rounds(str(tmp_path / "p"), images, truth, config, str(tmp_path), rounds=2)
     ids = project.pool.ids_N.tolist()
     labels = np.asarray([int(truth[i]) for i in ids], np.int32)
     pool = Split(project.pool.images_NHWC, labels)
+    key = jax.random.key(config.seed)
+    features = project._features
+    order = bal_order(named_key(key, "kmeans"), features, num_clusters=10)
+    np.testing.assert_array_equal(order, project._order)
     records = run_cycles(
-        jax.random.key(config.seed),
-        method="margin",
+        key,
+        method=method,
         pool=pool,
         evaluation=Split(pool.images[:16], labels[:16]),
         counts=project.counts,
-        context=SelectionContext(),
+        context=SelectionContext(
+            bal_order=order,
+            pretext_features_ND=features,
+            beta=project.state["beta"],
+            probcover_clusters=10,
+        ),
         model=ModelSpec(10, 3, config.width),
         settings=TrainSettings(epochs=1, batch_size=8, learning_rate=0.1),
         mean=project.mean,

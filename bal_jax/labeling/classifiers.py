@@ -144,7 +144,7 @@ def round_predictions(project, upto: int) -> PoolPredictions:
     """Round `upto`'s classifier on the whole pool (what the uncertainty samplers use)."""
     if project.config.classifier == "linear":
         head = round_head(project, upto)[0]
-        return linear_predictions(head, project.head_features, project._features)
+        return linear_predictions(head, project.head_features)
     main = project.config.main
     return network_predictions(
         round_network(project, upto),
