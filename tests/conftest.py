@@ -5,12 +5,11 @@ Much of the suite's time is XLA compiling small VGG16 programs that then run a f
 the runner's subprocess runs compile the same programs again. A cache folder made fresh for
 each session (so no run depends on an earlier one) lets every subprocess after the first load
 them; the environment variables reach the subprocesses. Set JAX_COMPILATION_CACHE_DIR to use
-another folder. The pytest processes themselves do not use it: their programs differ from the
-subprocesses' (another XLA optimisation level, which is part of the cache key), so they never
-shared entries, and turning it off kept the suite's time within its run-to-run spread.
-(XLA's optimisation level 0 would halve the in-process compile times, but changes losses by up
-to 0.09 against the reference computations.) The process-wide limit that does matter, memory
-maps: see `_release_compiled_programs`.
+another folder. The pytest processes themselves do not use it (their programs are mostly
+other shapes than the subprocesses', and turning it off kept the suite's time within its
+run-to-run spread). Not XLA's optimisation level 0 either, in-process or in the subprocesses:
+it compiles faster but miscompiles (tests/runner_util.py). The process-wide limit that does
+matter, memory maps: see `_release_compiled_programs`.
 """
 
 import atexit
@@ -22,9 +21,8 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     _cache = tempfile.mkdtemp(prefix="bal_jax_test_xla_cache_")
     atexit.register(shutil.rmtree, _cache, ignore_errors=True)
     os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache
-# Every program, however fast it compiled: the runner subprocesses compile at XLA's
-# optimisation level 0 (tests/runner_util.py), where most toy programs take under JAX's default
-# 1 s threshold, so without this a rerun loaded 2 of its 138 programs (25 -> 16 s a tiny run).
+# Every program, however fast it compiled: most toy programs compile in under JAX's default
+# 1 s threshold, so without this a rerun of a tiny run loaded few of its 138 programs.
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 

@@ -46,7 +46,7 @@ TIMEOUT_S = 1200
 
 
 def _env(cache_dir):
-    env = dict(runner_env(), NPROC="2")  # runner_env: XLA's unoptimised, faster-compiling code
+    env = dict(runner_env(), NPROC="2")
     # Compiled programs shared by the killed run and its relaunch (not by the two layouts:
     # their device assignments differ).
     env["JAX_COMPILATION_CACHE_DIR"] = str(cache_dir)
