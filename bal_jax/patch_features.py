@@ -69,11 +69,13 @@ class PatchTransform:
     feat_mean_F: np.ndarray  # F = 4K pooled features: standardisation ...
     feat_std_F: np.ndarray
     pca_FD: np.ndarray  # ... then PCA whitening to D dimensions
+    # Contrast normalisation's regulariser (transforms saved before it was a field: the default).
+    contrast_eps: float = _CONTRAST_EPS
 
 
-def _normalise(p):
+def _normalise(p, contrast_eps):
     p = p - p.mean(-1, keepdims=True)
-    return p / jnp.sqrt(p.var(-1, keepdims=True) + _CONTRAST_EPS)
+    return p / jnp.sqrt(p.var(-1, keepdims=True) + contrast_eps)
 
 
 def _patches(images_NHWC, patch: int):
@@ -85,8 +87,8 @@ def _patches(images_NHWC, patch: int):
 
 
 @functools.partial(jax.jit, static_argnames="patch")
-def _pooled(images_NHWC_u8, mean_P, zca_PP, centers_KP, *, patch: int):
-    x = _normalise(_patches(images_NHWC_u8.astype(jnp.float32), patch))
+def _pooled(images_NHWC_u8, mean_P, zca_PP, centers_KP, contrast_eps, *, patch: int):
+    x = _normalise(_patches(images_NHWC_u8.astype(jnp.float32), patch), contrast_eps)
     x = (x - mean_P[None, None, None]) @ zca_PP
     c2 = (centers_KP**2).sum(-1)[None, None, None]
     d2 = (x**2).sum(-1, keepdims=True) - 2 * x @ centers_KP.T + c2
@@ -111,7 +113,12 @@ def _check_images(images, patch: int) -> np.ndarray:
 def _raw_features(images, t: PatchTransform) -> np.ndarray:
     positions = (images.shape[1] - t.patch + 1) * (images.shape[2] - t.patch + 1)
     batch = max(1, _BATCH_ELEMENTS // (positions * t.centers_KP.shape[0]))
-    args = (jnp.asarray(t.patch_mean_P), jnp.asarray(t.zca_PP), jnp.asarray(t.centers_KP))
+    args = (
+        jnp.asarray(t.patch_mean_P),
+        jnp.asarray(t.zca_PP),
+        jnp.asarray(t.centers_KP),
+        jnp.float32(t.contrast_eps),
+    )
     out = [
         np.asarray(_pooled(jnp.asarray(images[i : i + batch]), *args, patch=t.patch))
         for i in range(0, images.shape[0], batch)
@@ -128,6 +135,8 @@ def fit_patch_features(
     num_patches: int = 100_000,
     kmeans_iters: int = 30,
     pca_dim: int = PCA_DIM,
+    contrast_eps: float = _CONTRAST_EPS,
+    zca_eps: float = _ZCA_EPS,
 ) -> PatchTransform:
     """Learns the dictionary and the feature whitening from unlabeled uint8 images.
 
@@ -140,6 +149,8 @@ def fit_patch_features(
       kmeans_iters: Lloyd iterations of the dictionary's K-means (one k-means++ start).
       pca_dim: dimensions kept by the PCA whitening (at most min(N - 1, 4K), and only
         directions of non-negligible variance).
+      contrast_eps, zca_eps: the regularisers of the patches' contrast normalisation and
+        ZCA whitening (pixels on the 0..255 scale; see `_CONTRAST_EPS`).
     """
     images = _check_images(images, patch)
     n, h, w, _ = images.shape
@@ -148,6 +159,8 @@ def fit_patch_features(
             f"need num_centers >= 2, num_patches >= num_centers and pca_dim >= 1; got "
             f"{num_centers}, {num_patches}, {pca_dim}"
         )
+    if not (contrast_eps > 0 and zca_eps > 0):
+        raise ValueError(f"need contrast_eps, zca_eps > 0; got {contrast_eps}, {zca_eps}")
     k_img, k_row, k_col, k_means = jax.random.split(key, 4)
     idx = np.asarray(jax.random.randint(k_img, (num_patches,), 0, n))
     rows = np.asarray(jax.random.randint(k_row, (num_patches,), 0, h - patch + 1))
@@ -158,10 +171,12 @@ def fit_patch_features(
         (rows[:, None] + offsets)[:, :, None],
         (cols[:, None] + offsets)[:, None, :],
     ]  # (num_patches, patch, patch, C)
-    p = np.asarray(_normalise(jnp.asarray(sample.reshape(num_patches, -1), jnp.float32)))
+    p = np.asarray(
+        _normalise(jnp.asarray(sample.reshape(num_patches, -1), jnp.float32), contrast_eps)
+    )
     mean = p.mean(0)
     eigval, eigvec = np.linalg.eigh(np.cov(p - mean, rowvar=False))
-    zca = (eigvec / np.sqrt(np.maximum(eigval, 0.0) + _ZCA_EPS)) @ eigvec.T
+    zca = (eigvec / np.sqrt(np.maximum(eigval, 0.0) + zca_eps)) @ eigvec.T
     whitened = ((p - mean) @ zca).astype(np.float32)
     centers = kmeans(k_means, whitened, num_centers, n_init=1, max_iters=kmeans_iters).centers
     t = PatchTransform(
@@ -172,6 +187,7 @@ def fit_patch_features(
         feat_mean_F=np.zeros(4 * num_centers, np.float32),
         feat_std_F=np.ones(4 * num_centers, np.float32),
         pca_FD=np.eye(4 * num_centers, dtype=np.float32),
+        contrast_eps=float(contrast_eps),
     )
     raw = _raw_features(images, t)
     f_mean, f_std = raw.mean(0), raw.std(0) + 0.01
@@ -218,10 +234,17 @@ def transform_arrays(t: PatchTransform) -> dict[str, np.ndarray]:
     """The transform as arrays (for np.savez); `transform_from_arrays` restores it."""
     arrays = {f.name: np.asarray(getattr(t, f.name)) for f in dataclasses.fields(t)}
     arrays["patch"] = np.asarray(t.patch, np.int64)
+    arrays["contrast_eps"] = np.asarray(t.contrast_eps, np.float64)
     return arrays
 
 
 def transform_from_arrays(arrays) -> PatchTransform:
-    kw = {f.name: np.asarray(arrays[f.name]) for f in dataclasses.fields(PatchTransform)}
+    kw = {
+        f.name: np.asarray(arrays[f.name])
+        for f in dataclasses.fields(PatchTransform)
+        if f.name in arrays or f.name != "contrast_eps"
+    }
     kw["patch"] = int(kw["patch"])
+    if "contrast_eps" in kw:
+        kw["contrast_eps"] = float(kw["contrast_eps"])
     return PatchTransform(**kw)

@@ -32,7 +32,7 @@ def _reference_raw(t: pf.PatchTransform, img):
     for r in range(h):
         for c in range(w):
             x = img[r : r + p, c : c + p].astype(np.float64).reshape(-1)
-            x = (x - x.mean()) / np.sqrt(x.var() + pf._CONTRAST_EPS)
+            x = (x - x.mean()) / np.sqrt(x.var() + t.contrast_eps)
             x = (x - t.patch_mean_P) @ t.zca_PP
             z = np.linalg.norm(x[None] - t.centers_KP, axis=1)
             f[r, c] = np.maximum(0, z.mean() - z)
@@ -41,10 +41,12 @@ def _reference_raw(t: pf.PatchTransform, img):
     return np.concatenate([q.sum((0, 1)) for q in quads])
 
 
-def test_features_match_a_loop_reference_and_are_whitened():
+@pytest.mark.parametrize("contrast_eps", [pf._CONTRAST_EPS, 10.0])
+def test_features_match_a_loop_reference_and_are_whitened(contrast_eps):
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (30, 11, 12, 3), dtype=np.uint8)
-    t = pf.fit_patch_features(jax.random.key(0), images, **SMALL)
+    t = pf.fit_patch_features(jax.random.key(0), images, **SMALL, contrast_eps=contrast_eps)
+    assert t.contrast_eps == contrast_eps
     raw = pf._raw_features(images[:2], t)
     for i in range(2):
         np.testing.assert_allclose(raw[i], _reference_raw(t, images[i]), rtol=2e-3, atol=2e-2)
@@ -80,6 +82,7 @@ def test_texture_classes_are_nearest_neighbours():
         (np.zeros((16, 16, 3), np.uint8), {}, r"\(N, H, W, C\)"),
         (np.zeros((4, 6, 6, 3), np.uint8), {}, "too small"),
         (np.zeros((4, 16, 16, 3), np.uint8), {"num_centers": 1}, "num_centers >= 2"),
+        (np.zeros((4, 16, 16, 3), np.uint8), {"zca_eps": 0.0}, "zca_eps > 0"),
     ],
 )
 def test_bad_input_is_refused(images, kwargs, message):
@@ -93,3 +96,16 @@ def test_channel_count_must_match_the_fit():
     t = pf.fit_patch_features(jax.random.key(0), rgb, **SMALL)
     with pytest.raises(ValueError, match="3-channel"):
         pf.patch_features(t, rgb[..., :1])
+
+
+def test_saved_transform_round_trips_and_old_files_get_the_default_eps(tmp_path):
+    rng = np.random.default_rng(4)
+    images = rng.integers(0, 256, (12, 12, 12, 3), dtype=np.uint8)
+    t = pf.fit_patch_features(jax.random.key(0), images, **SMALL, contrast_eps=10.0)
+    np.savez(tmp_path / "t.npz", **pf.transform_arrays(t))
+    back = pf.transform_from_arrays(np.load(tmp_path / "t.npz"))
+    assert back.contrast_eps == 10.0
+    np.testing.assert_array_equal(pf.patch_features(back, images), pf.patch_features(t, images))
+    # A transform saved before contrast_eps was stored: the value it was computed with.
+    old = {k: v for k, v in pf.transform_arrays(t).items() if k != "contrast_eps"}
+    assert pf.transform_from_arrays(old).contrast_eps == pf._CONTRAST_EPS
