@@ -3,6 +3,7 @@
 import types
 
 import numpy as np
+import pytest
 from patch_features_test import _stripes
 
 from bal_jax.settings import Split
@@ -37,3 +38,10 @@ def test_grid_changes_one_default_at_a_time():
         ((k, v),) = change.items()
         assert k in feature_settings.DEFAULT and v != feature_settings.DEFAULT[k]
     assert feature_settings.name({"patch": 5}) == "patch=5"
+
+
+def test_paired_gain_is_per_seed_over_the_sizes():
+    base = [dict(head=h) for h in (0.5, 0.5, 0.6, 0.6)]  # sizes x seeds = 2 x 2
+    rows = [dict(head=h) for h in (0.52, 0.54, 0.62, 0.64)]
+    mean, std = feature_settings.paired_gain(rows, base, 2, 2)
+    assert mean == pytest.approx(3.0) and std == pytest.approx(np.std([2.0, 4.0], ddof=1))
