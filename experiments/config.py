@@ -236,6 +236,20 @@ def load_data(c: Config) -> ActiveSplits:
         raise ConfigError(f"--{e}" if str(e).startswith(_SIZE_FLAGS) else str(e)) from None
 
 
+def pretext_settings(c: Config) -> TrainSettings:
+    """The pretext network's training settings of a config (SimCLR: Adam at `simclr_lr`)."""
+    return TrainSettings(
+        epochs=c.pretext_epochs,
+        batch_size=c.pretext_batch_size,
+        learning_rate=c.simclr_lr if c.pretext == "simclr" else c.pretext_lr,
+        milestones=c.pretext_milestones,
+        augment=c.augment,
+        eval_batch_size=c.eval_batch_size,
+        dtype=c.dtype,
+        steps_per_dispatch=c.steps_per_dispatch,
+    )
+
+
 def main_settings(c: Config) -> TrainSettings:
     """The main model's training settings of a config (the runner's and experiments.noise's)."""
     return TrainSettings(

@@ -43,7 +43,7 @@ import numpy as np
 from absl import logging
 
 from bal_jax import heads, patch_features
-from bal_jax.active_loop import ModelSpec, TrainSettings, run_cycles, search_beta
+from bal_jax.active_loop import ModelSpec, run_cycles, search_beta
 from bal_jax.atomic import atomic_path
 from bal_jax.checkpoint import ModelStore, RunCheckpointer
 from bal_jax.data.pools import ActiveSplits
@@ -62,7 +62,7 @@ from bal_jax.methods import (
 from bal_jax.parallel import barrier, check_same_across_processes, is_primary, make_mesh
 from bal_jax.train import RECIPES
 from experiments import report
-from experiments.config import Config, ConfigError, load_data, main_settings
+from experiments.config import Config, ConfigError, load_data, main_settings, pretext_settings
 from experiments.plan import Plan, check_config, make_plan
 
 __all__ = ["ConfigError", "check_config", "make_plan", "run_experiment"]
@@ -229,21 +229,11 @@ def _seed_context(
         info = json.loads(str(z["info"]))
         log(f"pretext features loaded from {path}")
     else:
-        settings = TrainSettings(
-            epochs=c.pretext_epochs,
-            batch_size=c.pretext_batch_size,
-            learning_rate=c.simclr_lr if c.pretext == "simclr" else c.pretext_lr,
-            milestones=c.pretext_milestones,
-            augment=c.augment,
-            eval_batch_size=c.eval_batch_size,
-            dtype=c.dtype,
-            steps_per_dispatch=c.steps_per_dispatch,
-        )
         outs = pretext_outputs(
             named_key(pretext_key, "pretext"),
             d.pool.images,
             model=model,
-            settings=settings,
+            settings=pretext_settings(c),
             mean=d.mean,
             std=d.std,
             mesh=mesh,

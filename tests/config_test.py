@@ -184,3 +184,25 @@ def test_dtype_and_steps_per_dispatch_flags():
         check_config(dataclasses.replace(config_lib.Config(), dtype="float16"))
     with pytest.raises(ConfigError, match="--steps_per_dispatch"):
         check_config(dataclasses.replace(config_lib.Config(), steps_per_dispatch=0))
+
+
+def test_stage_settings_map_the_config_once():
+    c = config_lib.cifar10_cpu()
+    main = config_lib.main_settings(c)
+    assert (main.epochs, main.batch_size, main.learning_rate, main.milestones) == (
+        c.epochs,
+        c.batch_size,
+        c.lr,
+        c.milestones,
+    )
+    assert main.recipe == config_lib.RECIPES[c.recipe] and main.augment == c.augment
+    pretext = config_lib.pretext_settings(c)
+    assert (pretext.epochs, pretext.batch_size, pretext.milestones) == (
+        c.pretext_epochs,
+        c.pretext_batch_size,
+        c.pretext_milestones,
+    )
+    assert pretext.learning_rate == c.pretext_lr
+    # SimCLR trains with Adam at its own rate.
+    simclr = config_lib.pretext_settings(dataclasses.replace(c, pretext="simclr"))
+    assert simclr.learning_rate == c.simclr_lr != c.pretext_lr
