@@ -240,11 +240,9 @@ def transform_arrays(t: PatchTransform) -> dict[str, np.ndarray]:
 
 
 def transform_from_arrays(arrays) -> PatchTransform:
-    kw = {
-        f.name: np.asarray(arrays[f.name])
-        for f in dataclasses.fields(PatchTransform)
-        if f.name in arrays or f.name != "contrast_eps"
-    }
+    # A field missing from older files (contrast_eps) keeps its default.
+    names = [f.name for f in dataclasses.fields(PatchTransform)]
+    kw = {name: np.asarray(arrays[name]) for name in names if name in arrays}
     kw["patch"] = int(kw["patch"])
     if "contrast_eps" in kw:
         kw["contrast_eps"] = float(kw["contrast_eps"])

@@ -20,6 +20,7 @@ The test split is not computed: nothing here reports a result, only a choice.
 
 from __future__ import annotations
 
+import inspect
 import time
 
 import jax
@@ -28,15 +29,14 @@ from absl import app, flags
 
 from bal_jax import heads, patch_features
 from bal_jax.keys import named_key
+from experiments import report
 from experiments.classifiers import knn_vs_labeled, labeled_set
 from experiments.config import PRESETS, load_data
 
-DEFAULT = dict(
-    num_centers=256,
-    patch=6,
-    contrast_eps=patch_features._CONTRAST_EPS,
-    zca_eps=patch_features._ZCA_EPS,
-)
+# The settings compared, at `fit_patch_features`'s defaults (what the runner and the labeling
+# tool fit).
+_FIT_DEFAULTS = inspect.signature(patch_features.fit_patch_features).parameters
+DEFAULT = {k: _FIT_DEFAULTS[k].default for k in ("num_centers", "patch", "contrast_eps", "zca_eps")}
 # One setting changed at a time (Coates et al. 2011 used contrast eps 10 and ZCA eps 0.1 on
 # the 0..255 scale, 6x6 patches; more centres help them up to 1,600 with an SVM).
 GRID = (
@@ -153,7 +153,7 @@ def main(argv):
             f"it leads the default by {gain[0]:+.2f} ± {gain[1]:.2f}, within seed noise "
             f"(mean below {NOISE_T:g} standard errors): the default stays."
         )
-    report = "\n\n".join(
+    text = "\n\n".join(
         [
             "# Patch-feature settings chosen on validation: CIFAR-10 at CPU scale (issue 24)",
             "Command: `python -m experiments.feature_settings --config="
@@ -176,10 +176,9 @@ def main(argv):
             f"Highest 20-NN mean: {knn_best}.",
         ]
     )
-    print(report)
+    print(text)
     if f.out:
-        with open(f.out, "w") as fh:
-            fh.write(report + "\n")
+        report.atomic_write(f.out, text + "\n")
 
 
 if __name__ == "__main__":
