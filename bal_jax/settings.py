@@ -4,9 +4,11 @@
     train.fit(key, net, images, labels, **fit_kwargs(settings, mean, std, mesh),
               recipe=settings.recipe)
 
-`TrainSettings` is the one definition of a stage's optimisation settings: the runner's flags
-(experiments/main.py) and the labeling project's config (bal_jax.labeling.config) fill it, and
-`fit_kwargs` turns it into `bal_jax.train.fit`'s arguments.
+`TrainSettings` is the one definition of a stage's optimisation settings: the runner's config
+holds its two stages as TrainSettings (`experiments.config.Config.train` / `.pretext_train`,
+whose flags `experiments.config.TRAIN_FLAGS` maps onto the fields), the labeling project's
+config (bal_jax.labeling.config) nests them the same way (`pretext` / `main`), and
+`fit_kwargs` turns one into `bal_jax.train.fit`'s arguments.
 """
 
 from __future__ import annotations

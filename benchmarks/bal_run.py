@@ -11,7 +11,6 @@ the wall time into the phases the runner records.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import shutil
@@ -39,7 +38,7 @@ def main(argv=None) -> None:
     from experiments import config as config_lib
     from experiments import pipeline
 
-    cfg = dataclasses.replace(config_lib.cifar10_cpu(), **SETTINGS)
+    cfg = config_lib.override(config_lib.cifar10_cpu(), **SETTINGS)
     workdir = tempfile.mkdtemp(prefix="bal_run-")
     t0 = time.perf_counter()
     records = pipeline.run_experiment(

@@ -51,7 +51,8 @@ def define_flags() -> None:
     )
 
 
-# Config fields that only change what the selection sees; compared runs may differ in them.
+# config.json keys (Config fields, the training settings under their flag names) that only
+# change what the selection sees; compared runs may differ in them.
 SELECTION_FIELDS = frozenset(
     {
         "pretext",

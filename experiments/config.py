@@ -9,28 +9,58 @@ that their numbers stay comparable with the paper's float32 PyTorch runs until b
 paper scale on a GPU: add `--dtype=bfloat16` on a GPU or TPU for bf16 mixed precision (about
 twice the math rate and half the activation memory, benchmarks/results_memory.md). On TPUs
 float32 matrix products already run as bf16 passes by default, so bf16 there mainly saves memory.
+
+Training settings: the config's two training stages, `train` (the main model, every cycle) and
+`pretext_train` (the pretext network), are `bal_jax.settings.TrainSettings` values, the type the
+labeling tool's config nests too. Their flags (`--epochs`, `--pretext_lr`, `--augment`, ...) are
+listed once, in `TRAIN_FLAGS`, and written by flag name with `override`:
+
+    c = override(cifar10_cpu(), epochs=8, milestones=(6,), augment="crop")
+    c.train.epochs, c.pretext_train.augment, flag_value(c, "recipe")   # 8, 'crop', 'small_data'
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
+import typing
 from collections.abc import Callable
+from typing import Any
 
 from bal_jax.budgets import BUDGETS
 from bal_jax.data.pools import ActiveSplits, load_active_splits
 from bal_jax.features import SIMCLR_LR
 from bal_jax.settings import TrainSettings
-from bal_jax.train import RECIPES
+from bal_jax.train import RECIPES, Recipe, recipe_name
 
 
 class ConfigError(ValueError):
     """A configuration (flags, preset, data) that cannot run; the message is one sentence."""
 
 
+# The training stages' defaults. The pretext network (rotation: SGD; simclr: Adam at
+# `simclr_lr` instead of its learning_rate, see `pretext_settings`) keeps the paper's recipe.
+DEFAULT_PRETEXT_TRAIN = TrainSettings(epochs=15, batch_size=64, learning_rate=0.1, milestones=(10,))
+# The main model: 50 epochs, enough steps on the smallest labeled sets (25 images) for
+# BatchNorm's running statistics to settle (eval-mode accuracy lags train-mode badly with
+# fewer). Its recipe, from bal_jax.train.RECIPES: 'paper' (Table I: multistep SGD) or
+# 'small_data' (warm-up + cosine in steps with a step floor, label smoothing, weight EMA, flip
+# TTA; measured in experiments/reports/noise.md). Both stages share augment ("crop_flip",
+# "crop": never mirror digits, or "none"), eval_batch_size (a multiple of 8 (TPU cores) and
+# 16), dtype ('float32' or 'bfloat16': bf16 compute, float32 parameters and loss) and
+# steps_per_dispatch (optimizer steps per jitted call, lax.scan; >1 only on accelerators, slow
+# on XLA:CPU): one flag sets each in both (TRAIN_FLAGS).
+DEFAULT_TRAIN = TrainSettings(epochs=50, batch_size=16, learning_rate=0.05, milestones=(40,))
+
+
 @dataclasses.dataclass(frozen=True)
 class Config:
-    """Everything that decides an experiment's numbers (plus which methods/seeds to run)."""
+    """Everything that decides an experiment's numbers (plus which methods/seeds to run).
+
+    The training stages are `TrainSettings` values (`train`, `pretext_train`); change them by
+    flag name with `override` (`dataclasses.replace` serves the other fields).
+    """
 
     preset: str = "digits_cpu"
     dataset: str = "digits"
@@ -51,29 +81,12 @@ class Config:
     seeds: tuple[int, ...] = (0,)
 
     width: float = 0.125
-    pretext_epochs: int = 15
-    pretext_batch_size: int = 64
-    pretext_lr: float = 0.1
-    pretext_milestones: tuple[int, ...] = (10,)
+    pretext_train: TrainSettings = DEFAULT_PRETEXT_TRAIN  # the pretext network's training
     # None: every seed trains its own pretext network (the paper's protocol). An integer: all
     # seeds share the network trained with that seed (its features are computed once), which
     # saves one pretext training per extra seed; K-means, beta and the AL runs stay per seed.
     pretext_seed: int | None = None
-    # Enough steps on the smallest labeled sets (25 images) for BatchNorm's running
-    # statistics to settle: eval-mode accuracy lags train-mode badly with fewer.
-    epochs: int = 50
-    batch_size: int = 16
-    lr: float = 0.05
-    milestones: tuple[int, ...] = (40,)
-    # Main-task recipe, a key of bal_jax.train.RECIPES: 'paper' (Table I: multistep SGD) or
-    # 'small_data' (warm-up + cosine in steps with a step floor, label smoothing, weight EMA,
-    # flip TTA; measured in experiments/reports/noise.md).
-    recipe: str = "paper"
-    eval_batch_size: int = 512  # a multiple of 8 (TPU cores) and 16
-    # 'float32' or 'bfloat16' (mixed precision: bf16 compute, float32 parameters and loss).
-    dtype: str = "float32"
-    # Optimizer steps per jitted call (lax.scan); >1 only on accelerators (slow on XLA:CPU).
-    steps_per_dispatch: int = 1
+    train: TrainSettings = DEFAULT_TRAIN  # the main model's training, every cycle
 
     num_clusters: int | None = None  # None: the number of classes (SPEC Step 2)
     beta: float | None = None  # None: searched on the validation split (paper Eq. 9)
@@ -88,8 +101,7 @@ class Config:
     window_variant: str = "paper"
     normalize_logits: bool = False
 
-    # Issue 13 (docs/fidelity.md names the SPEC step of each).
-    augment: str = "crop_flip"  # "crop_flip", "crop" (never mirror digits) or "none"
+    # Issue 13 (docs/fidelity.md names the SPEC step of each; --augment: the stages above).
     beta_search_fraction: float = 0.15  # paper Eq. 9: about 15% of N labeled
     kmeans_n_init: int = 10  # scikit-learn's default before 1.4 (the released code's)
     pretext_feature: str = "upright"  # or "random_rotation" (released code)
@@ -99,10 +111,10 @@ class Config:
     drop_classes: tuple[str, ...] = ()  # e.g. Caltech-101's background_google
     resplit_test_fraction: float | None = None  # pool train+test, draw a new test split
     # Pretext task (issue 11): 'rotation' (the paper's, SPEC Step 1), 'simclr' (instance
-    # discrimination; trained with Adam at `simclr_lr`, warm-up + cosine, for `pretext_epochs`
-    # epochs of `pretext_batch_size` images x 2 views) or 'patches' (k-means patch features,
-    # bal_jax.patch_features: no network, no training settings). PT4AL needs rotation losses:
-    # the runner refuses pt4al with the other two.
+    # discrimination; trained with Adam at `simclr_lr`, warm-up + cosine, for
+    # `pretext_train`'s epochs, of its batch size in images x 2 views) or 'patches' (k-means
+    # patch features, bal_jax.patch_features: no network, no training settings). PT4AL needs
+    # rotation losses: the runner refuses pt4al with the other two.
     pretext: str = "rotation"
     # Pretext features BAL clusters: 'final' (the paper's) or a global-average-pooled block
     # of the backbone, 'block1'..'block5'.
@@ -132,10 +144,24 @@ class Config:
         return self.budget_name != "large"
 
     def fingerprint(self) -> dict:
-        """The fields a workdir is bound to: all but which methods and seeds to run."""
+        """The fields a workdir is bound to: all but which methods and seeds to run.
+
+        Flat, as before the training stages were `TrainSettings`: each stage's settings under
+        their flag names (`epochs`, `pretext_lr`, `recipe` by name, ...; `flag_value`), and its
+        settings that no flag sets (momentum, weight_decay, lr_decay; the pretext recipe) under
+        `<field>` / `pretext_<field>` only where they differ from TrainSettings' defaults.
+        """
         d = dataclasses.asdict(self)
-        for name in ("methods", "seeds", "preset"):
+        for name in ("methods", "seeds", "preset", *STAGES):
             d.pop(name)
+        for name in TRAIN_FLAGS:
+            d[name] = _plain(flag_value(self, name))
+        for stage, prefix in STAGES.items():
+            settings = getattr(self, stage)
+            for field in _UNFLAGGED[stage]:
+                value = getattr(settings, field)
+                if value != TrainSettings._field_defaults[field]:
+                    d[prefix + field] = _plain(value)
         if self.classifier == "linear":
             # The linear head is fitted anew every cycle: warm start has no meaning there, so
             # a preset's warm_start change leaves linear-head workdirs valid.
@@ -152,9 +178,116 @@ class Config:
         return json.loads(json.dumps(d))
 
 
-# The command-line flag of each Config field (experiments.main defines one flag per entry,
-# named as the field but --method for `methods`; a flag given overrides the preset's value):
-# a field is described here, once, and its flag and checks (experiments.plan) follow from it.
+# The training stages of a Config, with the prefix of their flags.
+STAGES = {"train": "", "pretext_train": "pretext_"}
+_BOTH = tuple(STAGES)
+
+# The flags of the training stages, each once: flag -> (the stages it sets, their TrainSettings
+# field). experiments.main defines one flag per entry, typed by the field (--recipe takes a
+# name of bal_jax.train.RECIPES); `override` applies them, `flag_value` reads them back and
+# the workdir fingerprint stores them under these names. The pretext stage keeps the paper's
+# recipe; `--simclr_lr` (a Config field) replaces its learning rate for --pretext=simclr.
+TRAIN_FLAGS: dict[str, tuple[tuple[str, ...], str]] = {
+    "pretext_epochs": (("pretext_train",), "epochs"),
+    "pretext_batch_size": (("pretext_train",), "batch_size"),
+    "pretext_lr": (("pretext_train",), "learning_rate"),
+    "pretext_milestones": (("pretext_train",), "milestones"),
+    "epochs": (("train",), "epochs"),
+    "batch_size": (("train",), "batch_size"),
+    "lr": (("train",), "learning_rate"),
+    "milestones": (("train",), "milestones"),
+    "recipe": (("train",), "recipe"),
+    "eval_batch_size": (_BOTH, "eval_batch_size"),
+    "dtype": (_BOTH, "dtype"),
+    "steps_per_dispatch": (_BOTH, "steps_per_dispatch"),
+    "augment": (_BOTH, "augment"),
+}
+# TrainSettings fields that no flag sets, per stage (in the fingerprint only when changed).
+_UNFLAGGED = {
+    stage: tuple(
+        f
+        for f in TrainSettings._fields
+        if not any(f == field and stage in stages for stages, field in TRAIN_FLAGS.values())
+    )
+    for stage in STAGES
+}
+
+
+def _plain(value):
+    """A fingerprint value: a recipe by its name (its fields if it has none)."""
+    if isinstance(value, Recipe):
+        return recipe_name(value) or value._asdict()
+    return value
+
+
+def flag_value(c: Config, name: str) -> Any:
+    """The value of flag `--name` in `c`: a Config field, or a training stage's setting
+    (shared flags: the main stage's; --recipe: the recipe's name, the Recipe if unnamed)."""
+    if name in TRAIN_FLAGS:
+        stages, field = TRAIN_FLAGS[name]
+        value = getattr(getattr(c, stages[0]), field)
+        return (recipe_name(value) or value) if field == "recipe" else value
+    return getattr(c, _FLAG_FIELDS[name])
+
+
+def override(c: Config, **flag_values) -> Config:
+    """`c` with settings replaced by flag name: ``override(c, epochs=3)`` is ``--epochs=3``.
+
+    A training flag (TRAIN_FLAGS) sets its field in its stage(s), --recipe by name (or a
+    `Recipe`); any other name is a Config field or its flag (`method` for `methods`), a whole
+    stage (`train=TrainSettings(...)`) included, replaced before the training flags apply.
+
+    Raises:
+      TypeError: a name that is neither a flag nor a Config field.
+      ConfigError: a recipe name that bal_jax.train.RECIPES does not have.
+    """
+    fields, stages = {}, {}
+    for name, value in flag_values.items():
+        if name in TRAIN_FLAGS:
+            continue
+        if name in STAGES:
+            fields[name] = value
+            continue
+        if name not in _FLAG_FIELDS:
+            near = difflib.get_close_matches(name, [*TRAIN_FLAGS, *_FLAG_FIELDS], n=1)
+            hint = f"; did you mean {near[0]!r}?" if near else ""
+            raise TypeError(f"override() got {name!r}, which is no flag or Config field{hint}")
+        fields[_FLAG_FIELDS[name]] = value
+    c = dataclasses.replace(c, **fields) if fields else c
+    for name, value in flag_values.items():
+        if name not in TRAIN_FLAGS:
+            continue
+        names, field = TRAIN_FLAGS[name]
+        if field == "recipe" and not isinstance(value, Recipe):
+            if value not in RECIPES:
+                raise ConfigError(f"--recipe must be one of {', '.join(RECIPES)}, got {value!r}")
+            value = RECIPES[value]
+        for stage in names:
+            stages[stage] = stages.get(stage, getattr(c, stage))._replace(**{field: value})
+    return dataclasses.replace(c, **stages) if stages else c
+
+
+def flag_table() -> dict[str, tuple[Any, str]]:
+    """Flag name -> (type of its value, help): one entry per FLAG_HELP key. The type is the
+    Config field's (X, X | None or tuple[X, ...]), or the TrainSettings field's of a training
+    flag (str for --recipe: a recipe's name)."""
+    fields = typing.get_type_hints(Config)
+    settings = typing.get_type_hints(TrainSettings)
+    table = {}
+    for key, help_text in FLAG_HELP.items():
+        if key in TRAIN_FLAGS:
+            field = TRAIN_FLAGS[key][1]
+            table[key] = (str if field == "recipe" else settings[field], help_text)
+        else:
+            table[FLAG_NAMES.get(key, key)] = (fields[key], help_text)
+    return table
+
+
+# The command-line flag of each Config field but the training stages (whose flags are
+# TRAIN_FLAGS) and the preset (--config). experiments.main defines one flag per entry of
+# FLAG_HELP, named as the field but --method for `methods` (a training flag: its own name); a
+# flag given overrides the preset's value: a setting is described here, once, and its flag and
+# checks (experiments.plan) follow from it.
 FLAG_NAMES = {"methods": "method"}
 FLAG_HELP = {
     "dataset": "digits, cifar10, svhn, caltech101, or folder:PATH.",
@@ -212,6 +345,12 @@ FLAG_HELP = {
     "classifier": "Classifier of every cycle: vgg (the paper's) or linear (patch features).",
 }
 
+# Flag (and field) name -> Config field, for every Config field but the training stages.
+_FLAG_FIELDS = {
+    **{f.name: f.name for f in dataclasses.fields(Config) if f.name not in STAGES},
+    **{flag: field for field, flag in FLAG_NAMES.items()},
+}
+
 
 # The sizes whose ValueError starts with their name: the message names the flag.
 _SIZE_FLAGS = ("train_subset", "val_size", "test_subset")
@@ -237,32 +376,11 @@ def load_data(c: Config) -> ActiveSplits:
 
 
 def pretext_settings(c: Config) -> TrainSettings:
-    """The pretext network's training settings of a config (SimCLR: Adam at `simclr_lr`)."""
-    return TrainSettings(
-        epochs=c.pretext_epochs,
-        batch_size=c.pretext_batch_size,
-        learning_rate=c.simclr_lr if c.pretext == "simclr" else c.pretext_lr,
-        milestones=c.pretext_milestones,
-        augment=c.augment,
-        eval_batch_size=c.eval_batch_size,
-        dtype=c.dtype,
-        steps_per_dispatch=c.steps_per_dispatch,
-    )
-
-
-def main_settings(c: Config) -> TrainSettings:
-    """The main model's training settings of a config (the runner's and experiments.noise's)."""
-    return TrainSettings(
-        epochs=c.epochs,
-        batch_size=c.batch_size,
-        learning_rate=c.lr,
-        milestones=c.milestones,
-        augment=c.augment,
-        eval_batch_size=c.eval_batch_size,
-        recipe=RECIPES[c.recipe],
-        dtype=c.dtype,
-        steps_per_dispatch=c.steps_per_dispatch,
-    )
+    """The pretext network's training settings: `c.pretext_train`, with SimCLR's rate
+    (`simclr_lr`, Adam) for --pretext=simclr."""
+    if c.pretext == "simclr":
+        return c.pretext_train._replace(learning_rate=c.simclr_lr)
+    return c.pretext_train
 
 
 def digits_cpu() -> Config:
@@ -272,7 +390,7 @@ def digits_cpu() -> Config:
     360 test), VGG16 at width 1/8, short schedules sized for a 2-core CPU: crop without
     flip (a mirrored digit is another glyph), beta searched on the first 2 cycles.
     """
-    return Config(augment="crop", beta_search_cycles=2)
+    return override(Config(beta_search_cycles=2), augment="crop")
 
 
 def cifar10() -> Config:
@@ -282,14 +400,11 @@ def cifar10() -> Config:
         dataset="cifar10",
         val_size=5000,
         width=1.0,
-        pretext_epochs=120,
-        pretext_batch_size=256,
-        pretext_lr=0.1,  # paper table 0.01, released code 0.1 (SPEC Step 1)
-        pretext_milestones=(30, 60, 90),
-        epochs=100,
-        batch_size=128,
-        lr=0.1,
-        milestones=(30, 60, 90),
+        # Pretext learning rate: paper table 0.01, released code 0.1 (SPEC Step 1).
+        pretext_train=TrainSettings(
+            epochs=120, batch_size=256, learning_rate=0.1, milestones=(30, 60, 90)
+        ),
+        train=TrainSettings(epochs=100, batch_size=128, learning_rate=0.1, milestones=(30, 60, 90)),
         beta_grid=(0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0),
     )
 
@@ -299,9 +414,7 @@ def svhn() -> Config:
 
     Augmentation: crop without flip (digits; the released code flipped them).
     """
-    return dataclasses.replace(
-        cifar10(), preset="svhn", dataset="svhn", milestones=(80,), augment="crop"
-    )
+    return override(cifar10(), preset="svhn", dataset="svhn", milestones=(80,), augment="crop")
 
 
 def caltech101() -> Config:
@@ -311,7 +424,7 @@ def caltech101() -> Config:
     (101 classes), train and test pooled and a seeded 10% class-stratified test split drawn,
     leaving about 7,800 training images (the paper: about 7,857); 800 of them are validation.
     """
-    return dataclasses.replace(
+    return override(
         cifar10(),
         preset="caltech101",
         dataset="caltech101",
@@ -355,14 +468,14 @@ def cifar10_cpu() -> Config:
         train_subset=11000,
         val_size=1000,
         width=0.125,
-        pretext_epochs=10,
-        pretext_batch_size=128,
-        pretext_milestones=(7,),
-        epochs=20,
-        batch_size=64,
-        lr=0.05,
-        milestones=(15,),
-        recipe="small_data",
+        pretext_train=TrainSettings(epochs=10, batch_size=128, learning_rate=0.1, milestones=(7,)),
+        train=TrainSettings(
+            epochs=20,
+            batch_size=64,
+            learning_rate=0.05,
+            milestones=(15,),
+            recipe=RECIPES["small_data"],
+        ),
         warm_start=False,
         beta_grid=(0.5, 1.0, 2.0),
         beta_search_cycles=2,

@@ -12,7 +12,6 @@ process 0 logs and writes the results.
 
 from __future__ import annotations
 
-import dataclasses
 import logging as std_logging
 import sys
 import time
@@ -90,43 +89,42 @@ _DEFINES = {
 }
 
 
-def _define_config_flags() -> dict[str, tuple[str, Callable]]:
-    """One flag per Config field, typed by the field (X, X | None or tuple[X, ...]) and
-    described in config_lib.FLAG_HELP; returns flag name -> (field, parser of its value)."""
-    overrides = {}
-    for field, kind in typing.get_type_hints(config_lib.Config).items():
-        if field not in config_lib.FLAG_HELP:  # the preset: --config
-            continue
+def _define_config_flags() -> dict[str, Callable]:
+    """One flag per entry of config_lib.flag_table() (the Config fields and the training
+    stages' flags, config_lib.TRAIN_FLAGS), typed X, X | None or tuple[X, ...]; returns flag
+    name -> parser of its value."""
+    parsers = {}
+    for name, (kind, help_text) in config_lib.flag_table().items():
         if isinstance(kind, types.UnionType):  # X | None
             (kind,) = (a for a in typing.get_args(kind) if a is not type(None))
-        name = config_lib.FLAG_NAMES.get(field, field)
         if typing.get_origin(kind) is tuple:
-            flags.DEFINE_list(name, None, config_lib.FLAG_HELP[field])
+            flags.DEFINE_list(name, None, help_text)
             parse = {int: _ints, float: _floats, str: _strs}[typing.get_args(kind)[0]]
         else:
-            _DEFINES[kind](name, None, config_lib.FLAG_HELP[field])
+            _DEFINES[kind](name, None, help_text)
             parse = kind
-        overrides[name] = (field, parse)
-    return overrides
+        parsers[name] = parse
+    return parsers
 
 
-# flag name -> (Config field, parser)
+# flag name -> parser of its value
 _OVERRIDES = _define_config_flags()
 
 
 def build_config(flag_values) -> config_lib.Config:
-    """Preset (from --config or --dataset) with the explicitly given flags applied."""
+    """Preset (from --config or --dataset) with the explicitly given flags applied
+    (config_lib.override)."""
     preset = flag_values["config"].value
     dataset = flag_values["dataset"].value
     if preset is None:
         preset = config_lib.DATASET_PRESETS.get(dataset or "digits", "cifar10")
     cfg = config_lib.PRESETS[preset]()
     changes = {}
-    for name, (field, parse) in _OVERRIDES.items():
+    for name, parse in _OVERRIDES.items():
         value = flag_values[name].value
         if value is not None:
             try:
-                changes[field] = parse(value)
+                changes[name] = parse(value)
             except ValueError:
                 given = ",".join(value) if isinstance(value, list) else value
                 if parse in _EXPECTED:
@@ -134,7 +132,7 @@ def build_config(flag_values) -> config_lib.Config:
                         f"--{name} must be {_EXPECTED[parse]}, got {given!r}"
                     ) from None
                 raise ConfigError(f"--{name}={given!r} is not valid") from None
-    return dataclasses.replace(cfg, **changes)
+    return config_lib.override(cfg, **changes)
 
 
 def default_workdir(cfg: config_lib.Config) -> str:

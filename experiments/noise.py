@@ -17,7 +17,6 @@ the table goes to `noise.md`.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import sys
 import time
@@ -32,7 +31,7 @@ from bal_jax.learners import VGGLearner
 from bal_jax.settings import ModelSpec, fit_kwargs
 from experiments import config as config_lib
 from experiments import report
-from experiments.config import ConfigError, load_data, main_settings
+from experiments.config import ConfigError, load_data, override
 from experiments.plan import check_config
 
 
@@ -71,7 +70,7 @@ def train_once(
     the preset's training; `init_seed` (default `seed`) draws the initial weights from another
     seed than the data order and augmentation.
     """
-    settings = main_settings(cfg)
+    settings = cfg.train
     if recipe is not None:
         settings = settings._replace(recipe=recipe)
     learner = VGGLearner(
@@ -148,7 +147,7 @@ def main(argv):
         sys.exit(f"error: unknown recipe(s) {unknown}; choose from {', '.join(train.RECIPES)}")
     try:
         for name in recipes:
-            check_config(dataclasses.replace(base, recipe=name))
+            check_config(override(base, recipe=name))
         data = load_data(base)
     except ConfigError as e:
         sys.exit(f"error: {e}")
@@ -165,7 +164,7 @@ def main(argv):
     for size in sizes:
         idx = labeled_set(pool_size, size, data_seed=base.data_seed)
         for name in recipes:
-            cfg = dataclasses.replace(base, recipe=name)
+            cfg = override(base, recipe=name)
             for seed in seeds:
                 if (name, size, seed) in done:
                     continue
@@ -194,10 +193,10 @@ def main(argv):
             f"the {data.val.images.shape[0]} validation images, the split a recipe is chosen "
             "on; the test split only reports) of models trained "
             f"from scratch on one fixed random labeled set per size (pool of {pool_size}), one "
-            f"row per recipe; VGG16 width {base.width}, {base.epochs} epochs, batch "
-            f"{base.batch_size}, lr {base.lr}; collapsed = one class for more than "
-            f"{100 * COLLAPSE_SHARE:.0f}% of the {data.val.images.shape[0]} validation images. "
-            f"Wall time of this invocation: {time.perf_counter() - t_start:.0f}s.",
+            f"row per recipe; VGG16 width {base.width}, {base.train.epochs} epochs, batch "
+            f"{base.train.batch_size}, lr {base.train.learning_rate}; collapsed = one class for "
+            f"more than {100 * COLLAPSE_SHARE:.0f}% of the {data.val.images.shape[0]} validation "
+            f"images. Wall time of this invocation: {time.perf_counter() - t_start:.0f}s.",
             "",
         ]
     )

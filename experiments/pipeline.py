@@ -60,9 +60,9 @@ from bal_jax.methods import (
     needs_beta,
 )
 from bal_jax.parallel import barrier, check_same_across_processes, is_primary, make_mesh
-from bal_jax.train import RECIPES
+from bal_jax.train import recipe_name
 from experiments import report
-from experiments.config import Config, ConfigError, load_data, main_settings, pretext_settings
+from experiments.config import Config, ConfigError, flag_value, load_data, pretext_settings
 from experiments.plan import Plan, check_config, make_plan
 
 __all__ = ["ConfigError", "check_config", "make_plan", "run_experiment"]
@@ -157,7 +157,8 @@ def _progress(log, stage: str, total: int) -> Callable:
     return show
 
 
-# Config fields the pretext features depend on (with the seed).
+# Fingerprint keys (Config fields; training settings under their flag names) the pretext
+# features depend on (with the seed).
 PRETEXT_FIELDS = (
     "dataset",
     "data_dir",
@@ -237,7 +238,7 @@ def _seed_context(
             mean=d.mean,
             std=d.std,
             mesh=mesh,
-            progress=_progress(log, f"pretext ({c.pretext})", c.pretext_epochs),
+            progress=_progress(log, f"pretext ({c.pretext})", c.pretext_train.epochs),
             feature_view=c.pretext_feature,
             pretext=c.pretext,
             feature_layer=c.feature_layer,
@@ -320,7 +321,7 @@ def _head_features(c: Config, d: ActiveSplits, seed: int, pretext_dir: str, log)
     validation and test images; with `--augment=crop_flip` of each image and its mirror
     (`patch_features.head_views`), else upright only (a mirrored digit is another glyph)."""
     pretext_seed = seed if c.pretext_seed is None else c.pretext_seed
-    flip = c.augment == "crop_flip"
+    flip = c.train.augment == "crop_flip"
     name = f"seed{pretext_seed}_head{'_flip' if flip else ''}.npz"
     path = os.path.join(pretext_cache_dir(c, pretext_dir), name)
     z = _cached(path, d, log)
@@ -374,7 +375,7 @@ def _search_beta(
         counts=plan.counts,
         context=context,
         model=ModelSpec(len(d.class_names), d.pool.images.shape[-1], c.width),
-        settings=main_settings(c),
+        settings=c.train,
         mean=d.mean,
         std=d.std,
         warm_start=c.use_warm_start,
@@ -438,9 +439,9 @@ def run_experiment(
     nproc = jax.process_count()
     devices = f"{ndev} devices" + (f" of the {nproc} processes" if nproc > 1 else "")
     for name in ("batch_size", "pretext_batch_size", "eval_batch_size"):
-        if getattr(c, name) % ndev:
+        if flag_value(c, name) % ndev:
             raise ConfigError(
-                f"--{name}={getattr(c, name)} must be a multiple of the {devices} "
+                f"--{name}={flag_value(c, name)} must be a multiple of the {devices} "
                 "(the batch is split evenly over them)"
             )
     t_start = time.perf_counter()
@@ -464,7 +465,7 @@ def run_experiment(
     )
     log(budget_line(c, plan, pool_size))
     model = ModelSpec(len(d.class_names), d.pool.images.shape[-1], c.width)
-    settings = main_settings(c)
+    settings = c.train
     all_records: list[dict] = []
     meta: dict = {"seeds": {}}
 
@@ -575,23 +576,25 @@ def _model_line(c: Config) -> str:
         return (
             f"Preset `{c.preset}`; classifier `linear` (bal_jax.learners.LinearLearner): "
             "logistic regression on the standardised patch features"
-            + (" of each image and its mirror" if c.augment == "crop_flip" else "")
+            + (" of each image and its mirror" if c.train.augment == "crop_flip" else "")
             + ", refitted every cycle, its L2 chosen by 3-fold cross-validation on the "
             f"labeled set only (grid {', '.join(f'{g:g}' for g in heads.L2_GRID)})."
         )
     return (
-        f"Preset `{c.preset}`; VGG16 width {c.width}; pretext {c.pretext_epochs} epochs, main "
-        f"{c.epochs} epochs per cycle ({'warm start' if c.use_warm_start else 'from scratch'}), "
-        f"recipe `{c.recipe}` {_recipe_text(c)}."
+        f"Preset `{c.preset}`; VGG16 width {c.width}; pretext {c.pretext_train.epochs} epochs, "
+        f"main {c.train.epochs} epochs per cycle "
+        f"({'warm start' if c.use_warm_start else 'from scratch'}), "
+        f"recipe `{recipe_name(c.train.recipe) or 'custom'}` {_recipe_text(c)}."
     )
 
 
 def _recipe_text(c: Config) -> str:
-    r = RECIPES[c.recipe]
+    s = c.train
+    r = s.recipe
     if r.schedule == "multistep":
-        text = f"(lr {c.lr} x0.1 at epochs {list(c.milestones)}"
+        text = f"(lr {s.learning_rate} x0.1 at epochs {list(s.milestones)}"
     else:
-        text = f"(lr {c.lr}, {100 * r.warmup_fraction:g}% warm-up then cosine to 0"
+        text = f"(lr {s.learning_rate}, {100 * r.warmup_fraction:g}% warm-up then cosine to 0"
     if r.min_steps:
         text += f", at least {r.min_steps} steps"
     extras = [
@@ -600,7 +603,7 @@ def _recipe_text(c: Config) -> str:
         "flip TTA" if r.tta_flip else "",
         "Nesterov" if r.nesterov else "",
     ]
-    return text + "".join(f", {e}" for e in extras if e) + f", batch {c.batch_size})"
+    return text + "".join(f", {e}" for e in extras if e) + f", batch {s.batch_size})"
 
 
 def write_reports(
@@ -623,7 +626,7 @@ def write_reports(
         "Reported model: last epoch of each cycle.",
         _model_line(c),
         budget_line(c, plan, d.pool.images.shape[0]),
-        f"Augmentation: {c.augment}. Beta search: {plan.search_cycles} cycles per candidate "
+        f"Augmentation: {c.train.augment}. Beta search: {plan.search_cycles} cycles per candidate "
         f"({100 * c.schedule[plan.search_cycles - 1]:g}% labeled; paper Eq. 9: about "
         f"{100 * c.beta_search_fraction:g}%), scored on validation.",
         "",

@@ -28,8 +28,8 @@ from bal_jax.methods import (
 from bal_jax.models.vgg import FEATURE_LAYERS
 from bal_jax.precision import DTYPES
 from bal_jax.settings import AUGMENTATIONS
-from bal_jax.train import RECIPES
-from experiments.config import Config, ConfigError
+from bal_jax.train.recipe import check_recipe
+from experiments.config import STAGES, TRAIN_FLAGS, Config, ConfigError, flag_value
 
 __all__ = ["FRACTIONS_OF", "ConfigError", "Plan", "check_config", "make_plan"]
 
@@ -60,30 +60,43 @@ def check_config(c: Config) -> None:
         except ValueError as e:
             raise ConfigError(f"--fractions: {e}") from None
     need(c.width > 0, f"--width must be positive, got {c.width}")
+    for name, (stages, field) in TRAIN_FLAGS.items():
+        values = [getattr(getattr(c, stage), field) for stage in stages]
+        need(
+            all(v == values[0] for v in values),
+            f"--{name} sets both training stages, but their {field} differ: {values}",
+        )
     for name in ("pretext_epochs", "epochs", "batch_size", "pretext_batch_size", "eval_batch_size"):
-        need(getattr(c, name) >= 1, f"--{name} must be at least 1, got {getattr(c, name)}")
-    need(c.lr > 0 and c.pretext_lr > 0, "learning rates must be positive")
+        value = flag_value(c, name)
+        need(value >= 1, f"--{name} must be at least 1, got {value}")
+    need(
+        c.train.learning_rate > 0 and c.pretext_train.learning_rate > 0,
+        "learning rates must be positive",
+    )
     for name in ("milestones", "pretext_milestones"):
-        ms = getattr(c, name)
+        ms = flag_value(c, name)
         need(
             list(ms) == sorted(set(ms)) and all(m > 0 for m in ms),
             f"--{name}={','.join(map(str, ms))} must be strictly increasing positive epochs",
         )
-    need(c.recipe in RECIPES, f"--recipe must be one of {', '.join(RECIPES)}, got {c.recipe!r}")
+    for stage in STAGES:
+        try:
+            check_recipe(getattr(c, stage).recipe)
+        except ValueError as e:
+            raise ConfigError(f"{stage}.{e}") from None
     need(
-        not (RECIPES[c.recipe].tta_flip and c.augment != "crop_flip"),
-        f"--recipe={c.recipe} averages each test image with its mirror, which --augment="
-        f"{c.augment} does not train for; use --augment=crop_flip or --recipe=paper",
+        not (c.train.recipe.tta_flip and c.train.augment != "crop_flip"),
+        f"--recipe={flag_value(c, 'recipe')} averages each test image with its mirror, which "
+        f"--augment={c.train.augment} does not train for; use --augment=crop_flip or "
+        "--recipe=paper",
     )
     need(
         c.pretext_seed is None or c.pretext_seed >= 0,
         f"--pretext_seed must be >= 0, got {c.pretext_seed}",
     )
-    need(c.dtype in DTYPES, f"--dtype must be one of {', '.join(DTYPES)}, got {c.dtype!r}")
-    need(
-        c.steps_per_dispatch >= 1,
-        f"--steps_per_dispatch must be >= 1, not {c.steps_per_dispatch}",
-    )
+    dtype, steps = c.train.dtype, c.train.steps_per_dispatch
+    need(dtype in DTYPES, f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    need(steps >= 1, f"--steps_per_dispatch must be >= 1, not {steps}")
     need(c.val_size >= 1, f"--val_size must be at least 1, got {c.val_size}")
     need(c.pretext in PRETEXTS, f"--pretext must be one of {', '.join(PRETEXTS)}")
     need(
@@ -153,7 +166,7 @@ def check_config(c: Config) -> None:
         "second-nearest center); leave it unset for the number of classes",
     )
     need(c.kmeans_n_init >= 1, f"--kmeans_n_init must be at least 1, got {c.kmeans_n_init}")
-    need(c.augment in AUGMENTATIONS, f"--augment must be one of {', '.join(AUGMENTATIONS)}")
+    need(c.train.augment in AUGMENTATIONS, f"--augment must be one of {', '.join(AUGMENTATIONS)}")
     need(
         c.pretext_feature in FEATURE_VIEWS,
         f"--pretext_feature must be one of {', '.join(FEATURE_VIEWS)}",

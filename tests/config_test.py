@@ -28,17 +28,22 @@ def test_default_is_digits_cpu():
 
 def test_dataset_picks_its_preset_and_flags_override():
     cfg = main_lib.build_config(_flags("--dataset=svhn", "--budget=medium", "--seeds=0,1,2"))
-    assert cfg.preset == "svhn" and cfg.milestones == (80,) and cfg.epochs == 100
+    assert cfg.preset == "svhn" and cfg.train.milestones == (80,) and cfg.train.epochs == 100
     assert cfg.budget == "medium" and cfg.seeds == (0, 1, 2)
     assert cfg.use_warm_start
 
 
 def test_every_config_field_has_one_typed_flag():
     """The flags are derived from Config (experiments.main._define_config_flags): each field
-    but the preset has one, under its own name (--method for methods), parsed to its type."""
-    fields = {f.name for f in dataclasses.fields(config_lib.Config)} - {"preset"}
-    assert {field for field, _ in main_lib._OVERRIDES.values()} == fields
-    assert set(config_lib.FLAG_HELP) == fields
+    but the preset and the training stages has one, under its own name (--method for
+    methods), parsed to its type; each training stage setting has the flag of TRAIN_FLAGS."""
+    stages = set(config_lib.STAGES)
+    fields = {f.name for f in dataclasses.fields(config_lib.Config)} - {"preset"} - stages
+    flag_names = {config_lib.FLAG_NAMES.get(f, f) for f in fields} | set(config_lib.TRAIN_FLAGS)
+    assert set(main_lib._OVERRIDES) == flag_names
+    assert set(config_lib.FLAG_HELP) == fields | set(config_lib.TRAIN_FLAGS)
+    for stage_names, field in config_lib.TRAIN_FLAGS.values():
+        assert set(stage_names) <= stages and field in config_lib.TrainSettings._fields
     cfg = main_lib.build_config(
         _flags(
             "--method=bal,random",
@@ -54,8 +59,9 @@ def test_every_config_field_has_one_typed_flag():
     )
     assert cfg.methods == ("bal", "random") and cfg.data_seed == 3
     assert cfg.drop_classes == ("a", "b") and cfg.warm_start is False
-    assert cfg.fractions == (0.1, 0.2) and cfg.milestones == (3, 5)
-    assert (cfg.beta, cfg.lr, cfg.recipe) == (1.5, 0.01, "small_data")
+    assert cfg.fractions == (0.1, 0.2) and cfg.train.milestones == (3, 5)
+    assert (cfg.beta, cfg.train.learning_rate) == (1.5, 0.01)
+    assert cfg.train.recipe == config_lib.RECIPES["small_data"]
 
 
 def test_large_budget_trains_from_scratch():
@@ -97,7 +103,7 @@ def test_presets_are_valid(name):
 )
 def test_bad_config(changes, match):
     with pytest.raises(ConfigError, match=match):
-        check_config(dataclasses.replace(config_lib.Config(), **changes))
+        check_config(config_lib.override(config_lib.Config(), **changes))
 
 
 @pytest.mark.parametrize(
@@ -128,7 +134,7 @@ def test_fingerprint_ignores_methods_and_seeds():
     a = config_lib.Config()
     b = dataclasses.replace(a, methods=("random",), seeds=(4,))
     assert a.fingerprint() == b.fingerprint()
-    assert a.fingerprint() != dataclasses.replace(a, epochs=3).fingerprint()
+    assert a.fingerprint() != config_lib.override(a, epochs=3).fingerprint()
 
 
 @pytest.mark.parametrize(
@@ -143,7 +149,8 @@ def test_fingerprint_ignores_methods_and_seeds():
     ],
 )
 def test_augmentation_is_a_documented_preset_choice(preset, augment):
-    assert config_lib.PRESETS[preset]().augment == augment
+    cfg = config_lib.PRESETS[preset]()
+    assert cfg.train.augment == cfg.pretext_train.augment == augment
 
 
 def test_caltech101_preset_uses_the_papers_split():
@@ -165,7 +172,8 @@ def test_new_flags_reach_the_config():
             "--beta_search_fraction=0.2",
         )
     )
-    assert (cfg.augment, cfg.kmeans_n_init, cfg.pretext_feature) == ("none", 3, "random_rotation")
+    assert (cfg.train.augment, cfg.kmeans_n_init) == ("none", 3)
+    assert cfg.pretext_feature == "random_rotation"
     assert not cfg.pt4al_normalize_logits and cfg.window_budget == 7
     assert cfg.fractions_of == "train" and cfg.drop_classes == ("a", "b")
     assert cfg.resplit_test_fraction == 0.2 and cfg.beta_search_fraction == 0.2
@@ -174,35 +182,157 @@ def test_new_flags_reach_the_config():
 
 def test_dtype_and_steps_per_dispatch_flags():
     cfg = main_lib.build_config(_flags("--dtype=bfloat16", "--steps_per_dispatch=4"))
-    assert cfg.dtype == "bfloat16" and cfg.steps_per_dispatch == 4
+    assert cfg.train.dtype == "bfloat16" and cfg.train.steps_per_dispatch == 4
     check_config(cfg)
     fp = cfg.fingerprint()
     assert fp["dtype"] == "bfloat16" and fp["steps_per_dispatch"] == 4
     # At their defaults they stay out of the fingerprint: older workdirs still match.
     assert "dtype" not in config_lib.Config().fingerprint()
     with pytest.raises(ConfigError, match="--dtype must be one of"):
-        check_config(dataclasses.replace(config_lib.Config(), dtype="float16"))
+        check_config(config_lib.override(config_lib.Config(), dtype="float16"))
     with pytest.raises(ConfigError, match="--steps_per_dispatch"):
-        check_config(dataclasses.replace(config_lib.Config(), steps_per_dispatch=0))
+        check_config(config_lib.override(config_lib.Config(), steps_per_dispatch=0))
 
 
-def test_stage_settings_map_the_config_once():
+def test_pretext_settings_swap_in_the_simclr_rate():
     c = config_lib.cifar10_cpu()
-    main = config_lib.main_settings(c)
-    assert (main.epochs, main.batch_size, main.learning_rate, main.milestones) == (
-        c.epochs,
-        c.batch_size,
-        c.lr,
-        c.milestones,
-    )
-    assert main.recipe == config_lib.RECIPES[c.recipe] and main.augment == c.augment
-    pretext = config_lib.pretext_settings(c)
-    assert (pretext.epochs, pretext.batch_size, pretext.milestones) == (
-        c.pretext_epochs,
-        c.pretext_batch_size,
-        c.pretext_milestones,
-    )
-    assert pretext.learning_rate == c.pretext_lr
+    assert config_lib.pretext_settings(c) == c.pretext_train
+    assert c.pretext_train.learning_rate == config_lib.flag_value(c, "pretext_lr") == 0.1
     # SimCLR trains with Adam at its own rate.
     simclr = config_lib.pretext_settings(dataclasses.replace(c, pretext="simclr"))
-    assert simclr.learning_rate == c.simclr_lr != c.pretext_lr
+    assert simclr == c.pretext_train._replace(learning_rate=c.simclr_lr)
+    assert c.simclr_lr != c.pretext_train.learning_rate
+
+
+def test_shared_flags_set_both_stages_and_the_others_one():
+    cfg = main_lib.build_config(
+        _flags(
+            "--config=cifar10",
+            "--augment=none",
+            "--eval_batch_size=64",
+            "--dtype=bfloat16",
+            "--steps_per_dispatch=2",
+            "--epochs=7",
+            "--batch_size=32",
+            "--lr=0.02",
+            "--milestones=5",
+            "--pretext_epochs=3",
+            "--pretext_batch_size=16",
+            "--pretext_lr=0.3",
+            "--pretext_milestones=2",
+        )
+    )
+    shared = dict(augment="none", eval_batch_size=64, dtype="bfloat16", steps_per_dispatch=2)
+    assert cfg.train == config_lib.TrainSettings(
+        epochs=7, batch_size=32, learning_rate=0.02, milestones=(5,), **shared
+    )
+    assert cfg.pretext_train == config_lib.TrainSettings(
+        epochs=3, batch_size=16, learning_rate=0.3, milestones=(2,), **shared
+    )
+    check_config(cfg)
+    # Programmatic configs whose stages part on a shared setting are refused.
+    parted = dataclasses.replace(cfg, pretext_train=cfg.pretext_train._replace(dtype="float32"))
+    with pytest.raises(ConfigError, match="--dtype sets both training stages"):
+        check_config(parted)
+
+
+def test_recipe_flag_sets_the_main_stage_only():
+    cfg = main_lib.build_config(_flags("--config=cifar10", "--recipe=small_data"))
+    assert cfg.train.recipe == config_lib.RECIPES["small_data"]
+    assert cfg.pretext_train.recipe == config_lib.RECIPES["paper"]
+    assert config_lib.flag_value(cfg, "recipe") == cfg.fingerprint()["recipe"] == "small_data"
+    assert config_lib.override(cfg, recipe="paper").train.recipe == config_lib.RECIPES["paper"]
+    with pytest.raises(ConfigError) as e:
+        main_lib.build_config(_flags("--recipe=fast"))
+    assert str(e.value) == "--recipe must be one of paper, small_data, got 'fast'"
+
+
+def test_override_takes_flag_names_and_refuses_others():
+    c = config_lib.override(config_lib.Config(), method=("random",), lr=0.2, budget="medium")
+    assert c.methods == ("random",) and c.train.learning_rate == 0.2 and c.budget == "medium"
+    assert config_lib.override(c, methods=("bal",)).methods == ("bal",)
+    assert config_lib.flag_value(c, "method") == ("random",)
+    with pytest.raises(TypeError, match=r"'epoch', which is no flag.*did you mean 'epochs'"):
+        config_lib.override(c, epoch=3)
+    with pytest.raises(TypeError, match="'learning_rate'"):  # a TrainSettings field, no flag
+        config_lib.override(c, learning_rate=0.1)
+
+
+# cifar10_cpu's workdir fingerprint, as written to config.json since before the training
+# stages were TrainSettings (runs/cifar10_cpu_* were bound to it): flat, under the flag names.
+# A change here orphans every existing workdir of the preset: add new settings to
+# Config.fingerprint's left-out-at-their-default list instead.
+CIFAR10_CPU_FINGERPRINT = {
+    "augment": "crop_flip",
+    "bal_sampler": "confidence",
+    "batch_size": 64,
+    "beta": None,
+    "beta_grid": [0.5, 1.0, 2.0],
+    "beta_search_cycles": 2,
+    "beta_search_fraction": 0.15,
+    "budget": "small",
+    "cdd_order": "ascending",
+    "data_dir": None,
+    "data_seed": 0,
+    "dataset": "folder:../shared/datasets/cifar10-jpg.tar.gz",
+    "drop_classes": [],
+    "epochs": 20,
+    "eval_batch_size": 512,
+    "feature_layer": "final",
+    "fractions": None,
+    "fractions_of": "pool",
+    "image_size": None,
+    "indicator": "cdd",
+    "kmeans_n_init": 10,
+    "lr": 0.05,
+    "milestones": [15],
+    "normalize_logits": False,
+    "num_clusters": None,
+    "pretext": "rotation",
+    "pretext_batch_size": 128,
+    "pretext_epochs": 10,
+    "pretext_feature": "upright",
+    "pretext_lr": 0.1,
+    "pretext_milestones": [7],
+    "pretext_seed": None,
+    "pt4al_normalize_logits": True,
+    "recipe": "small_data",
+    "resplit_test_fraction": None,
+    "simclr_lr": 0.001,
+    "subpools": "adaptive",
+    "test_subset": None,
+    "train_subset": 11000,
+    "val_size": 1000,
+    "warm_start": False,
+    "width": 0.125,
+    "window_budget": None,
+    "window_variant": "paper",
+}
+
+
+def test_fingerprint_is_flat_and_unchanged():
+    assert config_lib.cifar10_cpu().fingerprint() == CIFAR10_CPU_FINGERPRINT
+    fp = main_lib.build_config(_flags("--config=cifar10", "--pretext_lr=0.01")).fingerprint()
+    assert (fp["epochs"], fp["lr"], fp["milestones"], fp["recipe"]) == (
+        100,
+        0.1,
+        [30, 60, 90],
+        "paper",
+    )
+    assert (fp["pretext_epochs"], fp["pretext_lr"], fp["pretext_batch_size"]) == (120, 0.01, 256)
+    assert "train" not in fp and "pretext_train" not in fp
+    # Stage settings without a flag enter the fingerprint only when changed.
+    c = config_lib.cifar10_cpu()
+    assert "momentum" not in fp and "pretext_recipe" not in fp
+    heavy = c.train._replace(momentum=0.8)
+    assert dataclasses.replace(c, train=heavy).fingerprint() == {
+        **CIFAR10_CPU_FINGERPRINT,
+        "momentum": 0.8,
+    }
+    cosine = c.pretext_train._replace(recipe=config_lib.RECIPES["small_data"])
+    assert dataclasses.replace(c, pretext_train=cosine).fingerprint()["pretext_recipe"] == (
+        "small_data"
+    )
+    custom = c.train._replace(recipe=config_lib.RECIPES["small_data"]._replace(min_steps=7))
+    fp = dataclasses.replace(c, train=custom).fingerprint()
+    assert fp["recipe"] == {**config_lib.RECIPES["small_data"]._asdict(), "min_steps": 7}

@@ -1,10 +1,9 @@
 """benchmarks.device_check: the peak-FLOPs table, MFU text, its end-to-end flags, and --quick."""
 
-import dataclasses
-
 import pytest
 
 from benchmarks import device_check
+from experiments import config as config_lib
 from experiments import main as main_lib
 from experiments.pipeline import check_config
 from tests.config_test import _flags
@@ -35,10 +34,10 @@ def test_end_to_end_flags_make_a_valid_config(quick):
     args, _ = device_check.e2e_args(quick=quick, data="/data/cifar10-jpg.tar.gz")
     cfg = main_lib.build_config(_flags(*args))
     check_config(cfg)
-    assert cfg.epochs == cfg.pretext_epochs == 1 and cfg.preset == (
+    assert cfg.train.epochs == cfg.pretext_train.epochs == 1 and cfg.preset == (
         "digits_cpu" if quick else "cifar10"
     )
-    assert dataclasses.replace(cfg, dtype="bfloat16").fingerprint()["dtype"] == "bfloat16"
+    assert config_lib.override(cfg, dtype="bfloat16").fingerprint()["dtype"] == "bfloat16"
 
 
 def test_quick_run_writes_a_table(tmp_path):

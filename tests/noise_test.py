@@ -1,7 +1,5 @@
 """experiments.noise: fixed labeled sets, one training per (recipe, seed), the table."""
 
-import dataclasses
-
 import numpy as np
 
 from bal_jax import train
@@ -20,12 +18,12 @@ def test_train_once_and_table_on_digits(monkeypatch):
     # The step floor of small_data, scaled down (640 steps would take most of a minute here).
     small = train.RECIPES["small_data"]._replace(min_steps=64)
     monkeypatch.setitem(train.RECIPES, "small_data", small)
-    cfg = dataclasses.replace(config.digits_cpu(), width=1 / 16, epochs=1, batch_size=32)
+    cfg = config.override(config.digits_cpu(), width=1 / 16, epochs=1, batch_size=32)
     data = load_data(cfg)
     idx = noise.labeled_set(data.pool.images.shape[0], 64, data_seed=0)
     rows = []
     for recipe in ("paper", "small_data"):
-        c = dataclasses.replace(cfg, recipe=recipe)
+        c = config.override(cfg, recipe=recipe)
         rows.append({"recipe": recipe, "size": 64, "seed": 0, **noise.train_once(c, data, idx, 0)})
     assert rows[0]["steps"] == 2 and rows[1]["steps"] >= 64  # the step floor
     assert all(0.0 <= r["accuracy"] <= 1.0 and 0.0 <= r["val_accuracy"] <= 1.0 for r in rows)

@@ -1,7 +1,5 @@
 """experiments.plan: what a run will do, refused before any training when it cannot finish."""
 
-import dataclasses
-
 import pytest
 
 from experiments import config as config_lib
@@ -9,7 +7,7 @@ from experiments.plan import ConfigError, make_plan
 
 
 def _cfg(preset="cifar10", **changes):
-    return dataclasses.replace(config_lib.PRESETS[preset](), **changes)
+    return config_lib.override(config_lib.PRESETS[preset](), **changes)
 
 
 @pytest.mark.parametrize(

@@ -24,7 +24,6 @@ other trained paths: digits_cpu in pipeline_test, cifar10_cpu (small-data recipe
 averaging, real CIFAR-10) in runner_cli_test's smoke run, every method in both.
 """
 
-import dataclasses
 import os
 
 import jax
@@ -161,7 +160,7 @@ def toy(tmp_path_factory):
 
 
 def _config(toy, preset, budget, **changes):
-    return dataclasses.replace(
+    return config_lib.override(
         config_lib.PRESETS[preset](), budget=budget, **(toy[preset] | changes)
     )
 

@@ -82,7 +82,7 @@ def test_pretext_outputs_patches_pool_and_probe_features():
 )
 def test_bad_pretext_options_are_refused_before_training(changes, message):
     with pytest.raises(ConfigError, match=message):
-        check_config(dataclasses.replace(config_lib.cifar10_cpu(), **changes))
+        check_config(config_lib.override(config_lib.cifar10_cpu(), **changes))
 
 
 def test_cache_key_unchanged_by_defaults_and_split_by_options(tmp_path):

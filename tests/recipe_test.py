@@ -172,7 +172,8 @@ def test_bad_recipe_is_refused(change, match):
 def test_presets_name_their_recipe():
     from experiments import config
 
-    assert config.cifar10().recipe == "paper"
-    assert config.cifar10_cpu().recipe == "small_data"
+    assert config.cifar10().train.recipe == train.RECIPES["paper"]
+    assert config.cifar10_cpu().train.recipe == train.RECIPES["small_data"]
     for preset in config.PRESETS.values():
-        assert preset().recipe in train.RECIPES
+        assert train.recipe_name(preset().train.recipe) in train.RECIPES
+        assert preset().pretext_train.recipe == train.RECIPES["paper"]

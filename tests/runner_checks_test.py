@@ -23,7 +23,7 @@ TOY = dict(width=0.0625, pretext_epochs=1, epochs=1, train_subset=300, test_subs
 
 
 def _digits(**changes):
-    return dataclasses.replace(config_lib.digits_cpu(), **(TOY | changes))
+    return config_lib.override(config_lib.digits_cpu(), **(TOY | changes))
 
 
 @pytest.fixture

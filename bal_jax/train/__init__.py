@@ -50,6 +50,7 @@ from bal_jax.train.optim import multistep_schedule as multistep_schedule
 from bal_jax.train.optim import warmup_cosine_schedule as warmup_cosine_schedule
 from bal_jax.train.recipe import RECIPES as RECIPES
 from bal_jax.train.recipe import Recipe as Recipe
+from bal_jax.train.recipe import recipe_name as recipe_name
 from bal_jax.train.step import TrainState as TrainState
 from bal_jax.train.step import epoch_order as epoch_order
 from bal_jax.train.step import take_batch as take_batch

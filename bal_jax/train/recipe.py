@@ -2,13 +2,14 @@
 
 Usage::
 
-  recipe = RECIPES["small_data"]
+  recipe = RECIPES["small_data"]          # recipe_name(recipe) == "small_data"
   fit(key, model, x_u8, y, epochs=20, batch_size=64, learning_rate=0.05, recipe=recipe, ...)
   acc = evaluate(model, test_u8, test_y, tta_flip=recipe.tta_flip, ...)
 
-A recipe holds the levers beyond epochs / batch size / learning rate / milestones (which stay
-preset fields): the schedule's shape, a floor on optimizer steps, warm-up, label smoothing, an
-exponential moving average (EMA) of the weights for evaluation and test-time flip averaging.
+A recipe holds the levers beyond epochs / batch size / learning rate / milestones (fields of
+a stage's `bal_jax.settings.TrainSettings`, which holds the recipe too): the schedule's shape,
+a floor on optimizer steps, warm-up, label smoothing, an exponential moving average (EMA) of
+the weights for evaluation and test-time flip averaging.
 The numbers of ``small_data`` were chosen by measurement (`python -m experiments.noise`,
 experiments/reports/noise.md): see that report for what each lever bought.
 """
@@ -96,3 +97,9 @@ SMALL_DATA = Recipe(
     nesterov=True,
 )
 RECIPES: dict[str, Recipe] = {"paper": PAPER, "small_data": SMALL_DATA}
+
+
+def recipe_name(recipe: Recipe) -> str | None:
+    """The name `recipe` has in `RECIPES` (reports and workdir fingerprints show the name),
+    or None for a recipe that is none of them."""
+    return next((name for name, r in RECIPES.items() if r == recipe), None)
