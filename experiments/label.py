@@ -31,14 +31,28 @@ from bal_jax import parallel
 from bal_jax.labeling import LabelingError, LabelingProject, ProjectConfig, predict_folder, studio
 from bal_jax.labeling.config import FEATURE_SOURCES, replace_settings
 from bal_jax.labeling.models import read_meta
-from bal_jax.settings import TrainSettings
+from experiments import config as config_lib
+from experiments import typed_flags
 
 COMMANDS = ("init", "next", "import", "sync", "status", "export", "predict")
 
-_SETTINGS = {
-    "pretext": ("pretext_epochs", "pretext_batch_size", "pretext_lr", "pretext_milestones"),
-    "main": ("epochs", "batch_size", "lr", "milestones"),
-}
+# The runner's training flags a project takes, with their types, help and stages
+# (experiments.config.TRAIN_FLAGS: the runner's stage `train` is a project's `main`).
+TRAIN_FLAG_NAMES = (
+    "pretext_epochs",
+    "pretext_batch_size",
+    "pretext_lr",
+    "pretext_milestones",
+    "epochs",
+    "batch_size",
+    "lr",
+    "milestones",
+    "eval_batch_size",
+)
+_STAGES = {"pretext_train": "pretext", "train": "main"}
+# A project's simclr features train at --pretext_lr (the runner's at --simclr_lr).
+_HELP = {"pretext_lr": "Pretext learning rate (rotation: SGD, 0.1; simclr: Adam, 1e-3)."}
+_train_parsers: dict = {}
 
 
 def define_flags() -> None:
@@ -87,14 +101,10 @@ def define_flags() -> None:
     flags.DEFINE_string(
         "classifier", None, "init: linear (default: a head on the features) or vgg (paper's)."
     )
-    for stage in ("pretext_", ""):
-        flags.DEFINE_integer(f"{stage}epochs", None, f"{stage or 'main '}epochs.")
-        flags.DEFINE_integer(f"{stage}batch_size", None, f"{stage or 'main '}batch size.")
-        flags.DEFINE_float(f"{stage}lr", None, f"{stage or 'main '}learning rate.")
-        flags.DEFINE_list(
-            f"{stage}milestones", None, f"{stage or 'main '}epochs where lr drops 10x."
-        )
-    flags.DEFINE_integer("eval_batch_size", None, "Inference batch size.")
+    table = config_lib.flag_table()
+    _train_parsers.update(
+        typed_flags.define({n: (table[n][0], _HELP.get(n, table[n][1])) for n in TRAIN_FLAG_NAMES})
+    )
     flags.DEFINE_integer(
         "cpu_devices",
         None,
@@ -119,25 +129,19 @@ _FIELDS = {
     "method": str,
     "classifier": str,
 }
-_TRAIN_FIELDS = {"epochs": "epochs", "batch_size": "batch_size", "lr": "learning_rate"}
 
 
 def build_config(flag_values, base: ProjectConfig) -> ProjectConfig:
     """`base` with the settings flags given on the command line applied."""
     changes = {f: parse(flag_values[f].value) for f, parse in _FIELDS.items() if _given(f)}
-    for stage, (epochs, batch, lr, milestones) in _SETTINGS.items():
-        settings: TrainSettings = getattr(base, stage)
-        upd = {
-            _TRAIN_FIELDS[name.removeprefix("pretext_")]: flag_values[name].value
-            for name in (epochs, batch, lr)
-            if _given(name)
-        }
-        if _given(milestones):
-            upd["milestones"] = tuple(int(m) for m in flag_values[milestones].value)
-        if _given("eval_batch_size"):
-            upd["eval_batch_size"] = flag_values["eval_batch_size"].value
-        if upd:
-            changes[stage] = replace_settings(settings, **upd)
+    stages = {}
+    for name, value in typed_flags.given(flag_values, _train_parsers, LabelingError).items():
+        names, field = config_lib.TRAIN_FLAGS[name]
+        for stage in (_STAGES[n] for n in names):
+            stages[stage] = replace_settings(
+                stages.get(stage, getattr(base, stage)), **{field: value}
+            )
+    changes.update(stages)
     return dataclasses.replace(base, **changes)
 
 

@@ -15,15 +15,13 @@ from __future__ import annotations
 import logging as std_logging
 import sys
 import time
-import types
-import typing
-from collections.abc import Callable
 
 import jax
 from absl import app, flags, logging
 
 from bal_jax import parallel
 from experiments import config as config_lib
+from experiments import typed_flags
 from experiments.pipeline import ConfigError, run_experiment
 
 _CONFIG = flags.DEFINE_enum(
@@ -65,50 +63,8 @@ _DISTRIBUTED_TIMEOUT = flags.DEFINE_integer(
 )
 
 
-def _ints(values) -> tuple[int, ...]:
-    return tuple(int(x) for x in values)
-
-
-def _floats(values) -> tuple[float, ...]:
-    return tuple(float(x) for x in values)
-
-
-# What the list parsers expect, for the one-line error of a bad value.
-_EXPECTED = {_ints: "comma-separated integers", _floats: "comma-separated numbers"}
-
-
-def _strs(values) -> tuple[str, ...]:
-    return tuple(x.strip() for x in values)
-
-
-_DEFINES = {
-    bool: flags.DEFINE_bool,
-    int: flags.DEFINE_integer,
-    float: flags.DEFINE_float,
-    str: flags.DEFINE_string,
-}
-
-
-def _define_config_flags() -> dict[str, Callable]:
-    """One flag per entry of config_lib.flag_table() (the Config fields and the training
-    stages' flags, config_lib.TRAIN_FLAGS), typed X, X | None or tuple[X, ...]; returns flag
-    name -> parser of its value."""
-    parsers = {}
-    for name, (kind, help_text) in config_lib.flag_table().items():
-        if isinstance(kind, types.UnionType):  # X | None
-            (kind,) = (a for a in typing.get_args(kind) if a is not type(None))
-        if typing.get_origin(kind) is tuple:
-            flags.DEFINE_list(name, None, help_text)
-            parse = {int: _ints, float: _floats, str: _strs}[typing.get_args(kind)[0]]
-        else:
-            _DEFINES[kind](name, None, help_text)
-            parse = kind
-        parsers[name] = parse
-    return parsers
-
-
-# flag name -> parser of its value
-_OVERRIDES = _define_config_flags()
+# flag name -> parser of its value: the Config fields' and the training stages' flags.
+_OVERRIDES = typed_flags.define(config_lib.flag_table())
 
 
 def build_config(flag_values) -> config_lib.Config:
@@ -119,19 +75,7 @@ def build_config(flag_values) -> config_lib.Config:
     if preset is None:
         preset = config_lib.DATASET_PRESETS.get(dataset or "digits", "cifar10")
     cfg = config_lib.PRESETS[preset]()
-    changes = {}
-    for name, parse in _OVERRIDES.items():
-        value = flag_values[name].value
-        if value is not None:
-            try:
-                changes[name] = parse(value)
-            except ValueError:
-                given = ",".join(value) if isinstance(value, list) else value
-                if parse in _EXPECTED:
-                    raise ConfigError(
-                        f"--{name} must be {_EXPECTED[parse]}, got {given!r}"
-                    ) from None
-                raise ConfigError(f"--{name}={given!r} is not valid") from None
+    changes = typed_flags.given(flag_values, _OVERRIDES, ConfigError)
     return config_lib.override(cfg, **changes)
 
 

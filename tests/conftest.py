@@ -1,5 +1,5 @@
-"""Shared pytest setup: strict rank promotion, as the house style asks, and one persistent
-XLA compilation cache for the runner subprocesses of the session.
+"""Shared pytest setup: strict rank promotion, as the house style asks, one persistent XLA
+compilation cache for the runner subprocesses of the session, and one XLA thread per process.
 
 Much of the suite's time is XLA compiling small VGG16 programs that then run a few steps, and
 the runner's subprocess runs compile the same programs again. A cache folder made fresh for
@@ -25,6 +25,13 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
 # 1 s threshold, so without this a rerun of a tiny run loaded few of its 138 programs.
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+# One XLA:CPU intra-op thread per process (XLA sizes its pool max(NPROC or the cores, the
+# process's devices)): the two pytest workers already keep both cores busy, and a pool per core
+# in each worker and each runner subprocess oversubscribes them, its threads spinning while
+# they wait. Clean clone, 2 cores, one run after the other: 605 s wall / 1,035 s user CPU with
+# a pool per core, 517 s / 867 s with NPROC=1 (the processes inherit it; distributed_test
+# sets its own). Only the split of work over threads changes, not the programs.
+os.environ.setdefault("NPROC", "1")
 
 import jax
 import pytest

@@ -246,3 +246,42 @@ def test_label_writers_are_atomic_with_the_usual_mode(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert json.load(open(path)) == {"a": 1}
     assert sorted(os.listdir(tmp_path)) == ["pool.npz", "state.json", "to_label.csv"]
+
+
+_SHOW_CONFIG = """
+import sys
+from absl import flags
+from experiments import label
+label.define_flags()
+flags.FLAGS(sys.argv)
+c = label.build_config(flags.FLAGS, label.ProjectConfig())
+print(c.pretext.learning_rate, c.pretext.eval_batch_size, c.main.eval_batch_size,
+      c.main.milestones, c.pretext.milestones, c.main.epochs, c.pretext.epochs)
+"""
+
+
+def test_training_flags_are_the_runners_mapped_onto_the_projects_stages():
+    """experiments.label takes the runner's training flags (experiments.config.TRAIN_FLAGS):
+    --eval_batch_size sets both stages, the pretext_ ones the pretext stage, the others the
+    main model's; a value that does not parse is one sentence, before any work."""
+    flags_given = ["--pretext_lr=0.3", "--eval_batch_size=64", "--milestones=3,5", "--epochs=7"]
+    cmd = [sys.executable, "-c", _SHOW_CONFIG, *flags_given]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    default = ProjectConfig()
+    assert proc.stdout.split() == [
+        "0.3",
+        "64",
+        "64",
+        "(3,",
+        "5)",
+        str(default.pretext.milestones).replace(" ", ""),
+        "7",
+        str(default.pretext.epochs),
+    ]
+    cmd = [sys.executable, "-m", "experiments.label", "init", "--pretext_milestones=a,b"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == (
+        "error: --pretext_milestones must be comma-separated integers, got 'a,b'"
+    )
