@@ -75,26 +75,3 @@ def _release_compiled_programs(request):
         with open(log, "a") as f:
             after = f" -> cleared: {_memory_maps()}" if cleared else ""
             f.write(f"{os.getpid()} {request.module.__name__} {maps}{after}\n")
-
-
-# The files that take longest (each over a minute of one worker on the 2-core CI machine),
-# longest first. `pytest -n 2 --dist loadfile` hands whole files to whichever worker is free,
-# in collection order: starting the long ones first (longest-processing-time-first) keeps a
-# long file from starting last while the other worker sits idle.
-LONG_FILES = (
-    "pipeline_test.py",
-    "distributed_test.py",
-    "presets_e2e_test.py",
-    "runner_cli_test.py",
-    "label_studio_test.py",
-    "train_test.py",
-    "benchmarks_test.py",
-    "labeling_test.py",
-    "active_loop_test.py",
-    "recipe_test.py",
-)
-
-
-def pytest_collection_modifyitems(items):
-    rank = {name: i for i, name in enumerate(LONG_FILES)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(LONG_FILES)))  # stable
