@@ -1,11 +1,13 @@
-"""The benchmark suite's pure parts (statistics, table formatting, plans, NumPy references)
-and a toy-size run of the by-phase BAL benchmark.
+"""The benchmark suite's pure parts (statistics, table formatting, plans, NumPy references),
+a toy-size run of the by-phase BAL benchmark and the compile profiler on two tiny processes.
 
 No timing assertions here: benchmarks are run with ``python -m benchmarks.run``.
 """
 
 import math
 import os
+import shlex
+import sys
 
 import jax
 import numpy as np
@@ -278,3 +280,36 @@ def test_host_devices_table_reports_speedups_over_one_device():
     )
     assert "| 1 | 0.2100 | 1.00x | 100 | 1.00x |" in text
     assert "| 2 | 0.1000 | 2.00x | 160 | 1.60x |" in text
+
+
+def test_compile_profile_counts_each_process_and_what_another_compiled_again():
+    from benchmarks import compile_profile as cp
+
+    c = lambda pid, name, sig, s, hit=False: cp.Compile(pid, "python -c", name, sig, s, hit)  # noqa: E731
+    text = cp.summarize(
+        [
+            c("1", "jit(f)", "(f32[3],)", 2.0),
+            c("1", "jit(g)", "(f32[3],)", 0.5),
+            c("2", "jit(f)", "(f32[3],)", 3.0),  # another process: could have been shared
+            c("2", "jit(f)", "(f32[4],)", 1.0),  # another shape
+            c("3", "jit(f)", "(f32[3],)", 0.25, hit=True),  # a persistent-cache load
+        ]
+    )
+    assert "5 compiles, 6.8 s, in 3 processes." in text
+    assert "| python -c | 3 | 5 | 6.8 | 1 |" in text
+    assert "| `jit(f)` | 4 | 2 | 6.2 |" in text
+    assert "python -c 3.0 s; 3.0 s in all." in text
+    assert cp.process_kind("/usr/bin/python3 -u -m experiments.main --seeds=0") == (
+        "python -m experiments.main"
+    )
+
+
+def test_compile_profile_logs_every_python_process_of_a_command():
+    from benchmarks import compile_profile as cp
+
+    child = shlex.join([sys.executable, "-c", "import jax; jax.jit(lambda x: x * 2)(1.0)"])
+    script = f"{child} && {child} && exit 3"
+    status, text = cp.profile(["bash", "-c", script])
+    assert status == 3  # the command's own exit status
+    assert "| python -c | 2 |" in text
+    assert "| `jit(<lambda>)` | 2 | 1 |" in text
