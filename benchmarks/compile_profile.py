@@ -10,9 +10,12 @@ file per process and turns off their propagation, so nothing extra reaches stdou
 When the command ends, this prints:
 - compile seconds per kind of process (`python -m <module>`, `python -c`, a script), with the
   number of persistent-cache hits;
-- compile seconds per program name, with how many compiles and distinct input signatures;
-- the seconds spent compiling a program that another process had compiled before (same name,
-  shapes and sharding). A compile cache shared by every process could save at most this much.
+- compile seconds per program name, with how many compiles and distinct input signatures
+  (argument shapes, dtypes and shardings; static arguments are not part of a signature, so one
+  signature can be several programs: `epoch_order` compiles once per labeled-set size);
+- the seconds spent compiling, in another process, a program of the same name and signature
+  as one compiled before: about what one compile cache shared by every process could save
+  (an over-estimate where programs differ only in static arguments or baked-in constants).
 
 The seconds are JAX's own timing of each backend compile (a persistent-cache hit is timed as
 its load), in each process's wall time. The command's exit status is passed on.
