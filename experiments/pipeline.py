@@ -63,7 +63,7 @@ from bal_jax.parallel import barrier, check_same_across_processes, is_primary, m
 from bal_jax.train import recipe_name
 from experiments import report
 from experiments.config import Config, ConfigError, flag_value, load_data, pretext_settings
-from experiments.plan import Plan, check_config, make_plan
+from experiments.plan import Plan, check_config, make_plan, searches_beta
 
 __all__ = ["ConfigError", "check_config", "make_plan", "run_experiment"]
 
@@ -606,6 +606,18 @@ def _recipe_text(c: Config) -> str:
     return text + "".join(f", {e}" for e in extras if e) + f", batch {s.batch_size})"
 
 
+def _beta_line(c: Config, plan: Plan) -> str:
+    if searches_beta(c):
+        return (
+            f"Beta search: {plan.search_cycles} cycles per candidate "
+            f"({100 * c.schedule[plan.search_cycles - 1]:g}% labeled; paper Eq. 9: about "
+            f"{100 * c.beta_search_fraction:g}%), scored on validation."
+        )
+    if c.beta is not None:
+        return f"Beta: {c.beta:g} (--beta), no search."
+    return "No beta: no method draws from BAL's adaptive sub-pools."
+
+
 def write_reports(
     c: Config, d: ActiveSplits, plan: Plan, records: list[dict], meta: dict, workdir: str
 ) -> None:
@@ -626,9 +638,7 @@ def write_reports(
         "Reported model: last epoch of each cycle.",
         _model_line(c),
         budget_line(c, plan, d.pool.images.shape[0]),
-        f"Augmentation: {c.train.augment}. Beta search: {plan.search_cycles} cycles per candidate "
-        f"({100 * c.schedule[plan.search_cycles - 1]:g}% labeled; paper Eq. 9: about "
-        f"{100 * c.beta_search_fraction:g}%), scored on validation.",
+        f"Augmentation: {c.train.augment}. {_beta_line(c, plan)}",
         "",
         "| seed | beta | beta search: validation acc. (%) | search s | pretext s | features s "
         "| clustering s |",

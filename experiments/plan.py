@@ -31,7 +31,7 @@ from bal_jax.settings import AUGMENTATIONS
 from bal_jax.train.recipe import check_recipe
 from experiments.config import STAGES, TRAIN_FLAGS, Config, ConfigError, flag_value
 
-__all__ = ["FRACTIONS_OF", "ConfigError", "Plan", "check_config", "make_plan"]
+__all__ = ["FRACTIONS_OF", "ConfigError", "Plan", "check_config", "make_plan", "searches_beta"]
 
 # What budget fractions are fractions of (docs/fidelity.md, SPEC "Budget regimes").
 FRACTIONS_OF = ("pool", "train")
@@ -40,6 +40,12 @@ FRACTIONS_OF = ("pool", "train")
 def _need(ok: bool, msg: str) -> None:
     if not ok:
         raise ConfigError(msg)
+
+
+def searches_beta(c: Config) -> bool:
+    """Whether a run of `c` searches beta on the validation split (Eq. 9): a method draws from
+    BAL's adaptive sub-pools and no --beta is given."""
+    return bool(NEEDS_BETA & set(c.methods)) and c.subpools == "adaptive" and c.beta is None
 
 
 def check_config(c: Config) -> None:
@@ -151,7 +157,13 @@ def check_config(c: Config) -> None:
     )
     num_cycles = len(c.schedule)
     need(
-        c.beta_search_cycles is None or 1 <= c.beta_search_cycles <= num_cycles,
+        c.beta_search_cycles is None or c.beta_search_cycles >= 1,
+        f"--beta_search_cycles must be at least 1, got {c.beta_search_cycles}",
+    )
+    # Past the budget's cycles only where a beta search runs: a preset's value (cifar10_cpu
+    # searches 2 cycles) does not refuse a one-cycle budget of random or of a fixed --beta.
+    need(
+        not searches_beta(c) or c.beta_search_cycles is None or c.beta_search_cycles <= num_cycles,
         f"--beta_search_cycles must be in [1, {num_cycles}] (the cycles of the budget), "
         f"got {c.beta_search_cycles}",
     )

@@ -241,14 +241,7 @@ def test_bal_run_reports_every_phase(tmp_path, monkeypatch):
     # of runner_cli_test reads the real one.
     data = _toy_folder(tmp_path / "toy", train_per_class=30, test_per_class=10)
     # One cycle: every phase is timed in it (a second adds only its compilations).
-    tiny = dict(
-        dataset=data,
-        train_subset=None,
-        val_size=60,
-        test_subset=None,
-        fractions=(0.1,),
-        beta_search_cycles=1,  # checked against the budget though beta is fixed
-    )
+    tiny = dict(dataset=data, train_subset=None, val_size=60, test_subset=None, fractions=(0.1,))
     monkeypatch.setattr(
         bal_run,
         "SETTINGS",

@@ -87,6 +87,7 @@ def test_presets_are_valid(name):
         ({"beta": -1.0}, "beta"),
         ({"indicator": "x"}, "indicator"),
         ({"beta_search_cycles": 9}, r"beta_search_cycles must be in \[1, 5\]"),
+        ({"beta_search_cycles": 0, "beta": 1.0}, "--beta_search_cycles must be at least 1"),
         # Issue 13 item 11/12: refused before any training, never silently replaced.
         ({"beta_grid": (0.0, -1.0)}, "--beta_grid=0,-1 must hold positive values only"),
         ({"beta_grid": ()}, "at least one candidate"),
@@ -104,6 +105,33 @@ def test_presets_are_valid(name):
 def test_bad_config(changes, match):
     with pytest.raises(ConfigError, match=match):
         check_config(config_lib.override(config_lib.Config(), **changes))
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [dict(beta=1.0), dict(methods=("random",)), dict(subpools="uniform")],
+)
+def test_search_cycles_past_the_budget_only_matter_where_beta_is_searched(changes):
+    # cifar10_cpu searches beta on 2 cycles; a one-cycle budget that searches nothing runs.
+    one_cycle = config_lib.override(config_lib.cifar10_cpu(), fractions=(0.1,))
+    assert one_cycle.beta_search_cycles == 2
+    with pytest.raises(ConfigError, match=r"beta_search_cycles must be in \[1, 1\]"):
+        check_config(one_cycle)
+    check_config(config_lib.override(one_cycle, **changes))
+
+
+def test_the_summary_describes_the_beta_search_only_where_one_runs():
+    from experiments.pipeline import _beta_line
+    from experiments.plan import make_plan
+
+    def line(**changes):
+        c = config_lib.override(config_lib.cifar10_cpu(), fractions=(0.1,), **changes)
+        check_config(c)
+        return _beta_line(c, make_plan(c, pool_size=1000, val_size=100, num_classes=10))
+
+    assert line(beta_search_cycles=1).startswith("Beta search: 1 cycles per candidate (10% ")
+    assert line(beta=1.5) == "Beta: 1.5 (--beta), no search."
+    assert line(methods=("random",)).startswith("No beta:")
 
 
 @pytest.mark.parametrize(
