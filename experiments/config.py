@@ -304,7 +304,7 @@ FLAG_HELP = {
     "seeds": "Seeds, e.g. 0,1,2.",
     "width": "VGG16 channel multiplier (1.0 = the paper's network).",
     "pretext_epochs": "Pretext epochs.",
-    "pretext_batch_size": "Pretext batch size (images; 4 views each).",
+    "pretext_batch_size": "Pretext batch size in images (rotation: 4 views each; simclr: 2).",
     "pretext_lr": "Pretext learning rate (rotation).",
     "pretext_milestones": "Pretext epochs where the learning rate drops 10x.",
     "pretext_seed": "Share one pretext network (this seed's) by all seeds.",
