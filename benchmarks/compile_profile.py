@@ -75,13 +75,19 @@ class Compile:
 
 
 def process_kind(cmd: str) -> str:
-    """`python -m <module>`, `python -c` or the script a process ran."""
+    """`python -m <module>`, `python -c` or the script a process ran: the first of them
+    among the interpreter's arguments (what follows belongs to the program)."""
     args = cmd.split()
-    if "-m" in args[:-1]:
-        return f"python -m {args[args.index('-m') + 1]}"
-    if "-c" in args:
-        return "python -c"
-    return os.path.basename(args[1]) if len(args) > 1 else cmd
+    i = 1
+    while i < len(args):
+        if args[i] == "-m" and i + 1 < len(args):
+            return f"python -m {args[i + 1]}"
+        if args[i] == "-c":
+            return "python -c"
+        if not args[i].startswith("-"):
+            return os.path.basename(args[i])
+        i += 2 if args[i] in ("-X", "-W") else 1  # the options that take a value
+    return cmd
 
 
 def read_logs(log_dir: str) -> list[Compile]:

@@ -485,7 +485,7 @@ def run_experiment(
         )
         head = _head_features(c, d, seed, pretext_dir, log) if c.classifier == "linear" else None
         beta_state = None
-        if "bal" in c.methods and c.beta is None and c.subpools == "adaptive":
+        if "bal" in c.methods and searches_beta(c):
             beta, beta_state = _search_beta(
                 c, d, plan, key, context, seed_dir, store, mesh, log, head_features=head
             )
@@ -493,7 +493,7 @@ def run_experiment(
         # Each variant gets its own Eq. 9 search (its picks differ from BAL's).
         variant_beta = {}
         for variant in VARIANTS:
-            if variant not in c.methods or c.beta is not None or c.subpools != "adaptive":
+            if variant not in c.methods or not searches_beta(c):
                 continue
             if not needs_beta(
                 variant,

@@ -295,6 +295,8 @@ def test_compile_profile_counts_each_process_and_what_another_compiled_again():
     assert cp.process_kind("/usr/bin/python3 -u -m experiments.main --seeds=0") == (
         "python -m experiments.main"
     )
+    assert cp.process_kind("python -X importtime -c import x; f(' -m y')") == "python -c"
+    assert cp.process_kind("python -u /tmp/run.py -m z") == "run.py"
 
 
 def test_compile_profile_logs_every_python_process_of_a_command():
