@@ -13,6 +13,8 @@ When the command ends, this prints:
 - compile seconds per program name, with how many compiles and distinct input signatures
   (argument shapes, dtypes and shardings; static arguments are not part of a signature, so one
   signature can be several programs: `epoch_order` compiles once per labeled-set size);
+- under pytest, compile seconds per test file (its worker's and its subprocesses'), and how
+  many went to programs that no other test file compiled;
 - the seconds spent compiling, in another process, a program of the same name and signature
   as one compiled before: about what one compile cache shared by every process could save
   (an over-estimate where programs differ only in static arguments or baked-in constants).
@@ -50,8 +52,14 @@ if _dir:
         _cmd = " ".join(["python", *sys.argv])
     with open(os.path.join(_dir, f"{{_pid}}.cmd"), "w") as _f:
         _f.write(_cmd)
+    class _Test(logging.Filter):
+        def filter(self, record):  # the test file running (pytest sets it; children inherit)
+            record.test = os.environ.get("PYTEST_CURRENT_TEST", "").split("::")[0]
+            return True
+
     _h = logging.FileHandler(os.path.join(_dir, f"{{_pid}}.log"), delay=True)
-    _h.setFormatter(logging.Formatter("%(message)s"))
+    _h.addFilter(_Test())
+    _h.setFormatter(logging.Formatter("%(test)s\t%(message)s"))
     for _name in {_LOGGERS!r}:
         _log = logging.getLogger(_name)
         _log.setLevel(logging.DEBUG)
@@ -72,6 +80,7 @@ class Compile:
     signature: str  # shapes, dtypes and argument shardings
     seconds: float
     cache_hit: bool
+    test: str = ""  # the pytest test file that was running, if any
 
 
 def process_kind(cmd: str) -> str:
@@ -110,7 +119,8 @@ def read_logs(log_dir: str) -> list[Compile]:
                 elif m := _FINISHED.search(line):
                     name = m.group(1)
                     sig = signature.get(name, "")
-                    out.append(Compile(pid, kind, name, sig, float(m.group(2)), hit))
+                    test = line.split("\t", 1)[0] if "\t" in line else ""
+                    out.append(Compile(pid, kind, name, sig, float(m.group(2)), hit, test))
                     hit = False
     return out
 
@@ -164,6 +174,7 @@ def summarize(compiles: list[Compile], top: int = 15) -> str:
         first = seen.setdefault((c.name, c.signature), c.pid)
         if first != c.pid and not c.cache_hit:
             again[c.kind] += c.seconds
+    out += _by_test(compiles, top)
     out += [
         "",
         "Compiled again by another process (same name, shapes and sharding): "
@@ -171,6 +182,26 @@ def summarize(compiles: list[Compile], top: int = 15) -> str:
         + f"; {sum(again.values()):.1f} s in all.",
     ]
     return "\n".join(out) + "\n"
+
+
+def _by_test(compiles: list[Compile], top: int) -> list[str]:
+    """Compile seconds per pytest test file (in its worker and its subprocesses), and how many
+    of them went to programs (name and signature) that no other test file compiled: what
+    sharing shapes with other files could not save, and the rest what it could."""
+    files: dict[str, list[Compile]] = collections.defaultdict(list)
+    owners: dict[tuple[str, str], set[str]] = collections.defaultdict(set)
+    for c in compiles:
+        if c.test:
+            files[c.test].append(c)
+            owners[(c.name, c.signature)].add(c.test)
+    if not files:
+        return []
+    rows = []
+    by_time = sorted(files.items(), key=lambda kv: -sum(c.seconds for c in kv[1]))
+    for test, cs in by_time[:top]:
+        own = sum(c.seconds for c in cs if len(owners[(c.name, c.signature)]) == 1)
+        rows.append((test, len(cs), f"{sum(c.seconds for c in cs):.1f}", f"{own:.1f}"))
+    return ["", *_table(("test file", "compiles", "seconds", "only this file's"), rows)]
 
 
 def profile(command: Sequence[str], top: int = 15) -> tuple[int, str]:

@@ -278,13 +278,15 @@ def test_host_devices_table_reports_speedups_over_one_device():
 def test_compile_profile_counts_each_process_and_what_another_compiled_again():
     from benchmarks import compile_profile as cp
 
-    c = lambda pid, name, sig, s, hit=False: cp.Compile(pid, "python -c", name, sig, s, hit)  # noqa: E731
+    def c(pid, name, sig, s, hit=False, test="a_test.py"):
+        return cp.Compile(pid, "python -c", name, sig, s, hit, test)
+
     text = cp.summarize(
         [
             c("1", "jit(f)", "(f32[3],)", 2.0),
             c("1", "jit(g)", "(f32[3],)", 0.5),
-            c("2", "jit(f)", "(f32[3],)", 3.0),  # another process: could have been shared
-            c("2", "jit(f)", "(f32[4],)", 1.0),  # another shape
+            c("2", "jit(f)", "(f32[3],)", 3.0, test="b_test.py"),  # could have been shared
+            c("2", "jit(f)", "(f32[4],)", 1.0, test="b_test.py"),  # another shape
             c("3", "jit(f)", "(f32[3],)", 0.25, hit=True),  # a persistent-cache load
         ]
     )
@@ -292,6 +294,9 @@ def test_compile_profile_counts_each_process_and_what_another_compiled_again():
     assert "| python -c | 3 | 5 | 6.8 | 1 |" in text
     assert "| `jit(f)` | 4 | 2 | 6.2 |" in text
     assert "python -c 3.0 s; 3.0 s in all." in text
+    # Per test file: all its compile seconds, and those of signatures no other file compiled.
+    assert "| b_test.py | 2 | 4.0 | 1.0 |" in text
+    assert "| a_test.py | 3 | 2.8 | 0.5 |" in text
     assert cp.process_kind("/usr/bin/python3 -u -m experiments.main --seeds=0") == (
         "python -m experiments.main"
     )
@@ -303,8 +308,10 @@ def test_compile_profile_logs_every_python_process_of_a_command():
     from benchmarks import compile_profile as cp
 
     child = shlex.join([sys.executable, "-c", "import jax; jax.jit(lambda x: x * 2)(1.0)"])
-    script = f"{child} && {child} && exit 3"
+    # The second child runs as if under a test: its compiles are that test file's.
+    script = f"{child} && PYTEST_CURRENT_TEST='tests/x_test.py::t (call)' {child} && exit 3"
     status, text = cp.profile(["bash", "-c", script])
     assert status == 3  # the command's own exit status
     assert "| python -c | 2 |" in text
     assert "| `jit(<lambda>)` | 2 | 1 |" in text
+    assert "| tests/x_test.py | 1 |" in text
