@@ -7,15 +7,19 @@ each session (so no run depends on an earlier one) lets every subprocess after t
 them; the environment variables reach the subprocesses. Set JAX_COMPILATION_CACHE_DIR to use
 another folder. The pytest processes themselves do not use it (their programs are mostly
 other shapes than the subprocesses', and turning it off kept the suite's time within its
-run-to-run spread). Not XLA's optimisation level 0 either, in-process or in the subprocesses:
-it compiles faster but miscompiles (tests/runner_util.py). The process-wide limit that does
-matter, memory maps: see `_release_compiled_programs`.
+run-to-run spread). XLA compiles with options that compile faster (`TEST_XLA_FLAGS`, below).
+The process-wide limit that does matter, memory maps: see `_release_compiled_programs`.
 """
 
 import atexit
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
+import warnings
+
+from benchmarks.xla_levels import TEST_XLA_FLAGS  # no JAX import: XLA_FLAGS are set below
 
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     _cache = tempfile.mkdtemp(prefix="bal_jax_test_xla_cache_")
@@ -32,9 +36,43 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 # a pool per core, 517 s / 867 s with NPROC=1 (the processes inherit it; distributed_test
 # sets its own). Only the split of work over threads changes, not the programs.
 os.environ.setdefault("NPROC", "1")
+# XLA:CPU options that compile faster, for the pytest processes and every subprocess they
+# start (they inherit XLA_FLAGS; a user's own XLA_FLAGS come after ours, so theirs win). Most
+# of the suite's CPU time is XLA compiling toy programs that then run for milliseconds. The
+# legacy fusion emitters and LLVM without its expensive passes compiled five test files
+# (typical, kmeans, coverage, train, learners) in 55 s instead of 90 s, their wall time 87 s
+# instead of 125 s (`python -m benchmarks.compile_profile -- python -m pytest -n 0 FILES`).
+# They compute the same programs to float rounding, which every test tolerates (they hold
+# across CPUs): `python -m benchmarks.xla_levels` compares jit with eager, and a 3-step fit
+# with the default options' (its row "tests"). Not the backend optimisation level: level 0
+# miscompiles (tests/runner_util.py). A jaxlib that no longer knows a flag would abort every
+# process, so a child process tries them first and they are left out, with a warning, if it
+# fails.
 
-import jax
-import pytest
+
+def _with_test_xla_flags(environ) -> None:
+    flags_now = environ.get("XLA_FLAGS", "")
+    if TEST_XLA_FLAGS in flags_now:
+        return  # a parent process (pytest-xdist's controller) checked and set them
+    flags = f"{TEST_XLA_FLAGS} {flags_now}".strip()
+    probe = subprocess.run(
+        [sys.executable, "-c", "import jax; jax.numpy.zeros(1).block_until_ready()"],
+        env=dict(environ, XLA_FLAGS=flags, JAX_PLATFORMS="cpu"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    if probe.returncode == 0:
+        environ["XLA_FLAGS"] = flags
+    else:
+        message = f"XLA does not take {TEST_XLA_FLAGS!r}; the tests compile without them."
+        warnings.warn(message, stacklevel=1)
+
+
+_with_test_xla_flags(os.environ)
+
+import jax  # noqa: E402  (after XLA_FLAGS and NPROC are set)
+import pytest  # noqa: E402
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 jax.config.update("jax_enable_compilation_cache", False)  # in this process; see above

@@ -21,13 +21,15 @@ TINY = [
 def runner_env():
     """The environment of the runner subprocesses: one XLA device (the two pytest workers
     already keep both cores busy, so the runner's per-core default would only add sharded
-    compilations; tests/cpu_devices_test.py tests that default), XLA's default optimisation.
+    compilations; tests/cpu_devices_test.py tests that default), XLA's default optimisation
+    level with the suite's faster-compiling options (conftest.py's `TEST_XLA_FLAGS`, which
+    reach every subprocess through XLA_FLAGS).
 
     Not `--xla_backend_optimization_level=0`, which these tests used until it was found to
     compute other numbers (`python -m benchmarks.xla_levels`): at level 0 `jit(value_and_grad)`
     of the toy VGG16's loss differs from the eager gradients by up to 1.3 (the largest
     gradient is 1.4; 3e-6 at levels 1 and 2), and three training steps end 0.22 away from
-    level 2's parameters (level 1: 7e-7). It saved about 1 s a run (less compiling, slower
+    level 2's parameters (level 1: 6e-7). It saved about 1 s a run (less compiling, slower
     code)."""
     flags = os.environ.get("XLA_FLAGS", "")
     if "xla_force_host_platform_device_count" not in flags:
