@@ -606,8 +606,16 @@ def _recipe_text(c: Config) -> str:
     return text + "".join(f", {e}" for e in extras if e) + f", batch {s.batch_size})"
 
 
-def _beta_line(c: Config, plan: Plan) -> str:
-    if searches_beta(c):
+def _beta_line(c: Config, plan: Plan, pool_size: int) -> str:
+    """The summary's sentence on beta: searched (for which methods' schedules), given, or none
+    needed."""
+    below_switch = [
+        m
+        for m in c.methods
+        if m in SWITCH_SELECTORS
+        and not needs_beta(m, plan.counts, pool_size=pool_size, switch_fraction=c.switch_fraction)
+    ]
+    if searches_beta(c) and set(c.methods) & NEEDS_BETA - set(below_switch):
         return (
             f"Beta search: {plan.search_cycles} cycles per candidate "
             f"({100 * c.schedule[plan.search_cycles - 1]:g}% labeled; paper Eq. 9: about "
@@ -615,6 +623,11 @@ def _beta_line(c: Config, plan: Plan) -> str:
         )
     if c.beta is not None:
         return f"Beta: {c.beta:g} (--beta), no search."
+    if below_switch:
+        return (
+            f"No beta searched: every cycle starts below --switch_fraction="
+            f"{c.switch_fraction:g} of the pool, where {', '.join(below_switch)} need none."
+        )
     return "No beta: no method draws from BAL's adaptive sub-pools."
 
 
@@ -638,7 +651,7 @@ def write_reports(
         "Reported model: last epoch of each cycle.",
         _model_line(c),
         budget_line(c, plan, d.pool.images.shape[0]),
-        f"Augmentation: {c.train.augment}. {_beta_line(c, plan)}",
+        f"Augmentation: {c.train.augment}. {_beta_line(c, plan, d.pool.images.shape[0])}",
         "",
         "| seed | beta | beta search: validation acc. (%) | search s | pretext s | features s "
         "| clustering s |",

@@ -124,14 +124,25 @@ def test_the_summary_describes_the_beta_search_only_where_one_runs():
     from experiments.pipeline import _beta_line
     from experiments.plan import make_plan
 
-    def line(**changes):
-        c = config_lib.override(config_lib.cifar10_cpu(), fractions=(0.1,), **changes)
+    def line(fractions=(0.1,), **changes):
+        c = config_lib.override(config_lib.cifar10_cpu(), fractions=fractions, **changes)
         check_config(c)
-        return _beta_line(c, make_plan(c, pool_size=1000, val_size=100, num_classes=10))
+        plan = make_plan(c, pool_size=1000, val_size=100, num_classes=10)
+        return _beta_line(c, plan, pool_size=1000)
 
     assert line(beta_search_cycles=1).startswith("Beta search: 1 cycles per candidate (10% ")
     assert line(beta=1.5) == "Beta: 1.5 (--beta), no search."
     assert line(methods=("random",)).startswith("No beta:")
+    # bal_switch below its switch is TypiClust throughout: nothing searched, and it says so.
+    switch = dict(fractions=(0.1, 0.2), beta_search_cycles=1)
+    assert line(methods=("bal_switch", "random"), switch_fraction=0.5, **switch) == (
+        "No beta searched: every cycle starts below --switch_fraction=0.5 of the pool, where "
+        "bal_switch need none."
+    )
+    # Past its switch (the second cycle starts at 10 %) it needs a beta, searched.
+    assert line(methods=("bal_switch",), switch_fraction=0.05, **switch).startswith(
+        "Beta search: 1 cycles"
+    )
 
 
 @pytest.mark.parametrize(
