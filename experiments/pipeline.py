@@ -607,8 +607,7 @@ def _recipe_text(c: Config) -> str:
 
 
 def _beta_line(c: Config, plan: Plan, pool_size: int) -> str:
-    """The summary's sentence on beta: searched (for which methods' schedules), given, or none
-    needed."""
+    """The summary's sentence on beta: searched, given by --beta, or not needed (and why)."""
     below_switch = [
         m
         for m in c.methods
