@@ -46,9 +46,10 @@ os.environ.setdefault("NPROC", "1")
 # They compute the same programs to float rounding, which every test tolerates (they hold
 # across CPUs): `python -m benchmarks.xla_levels` compares jit with eager, and a 3-step fit
 # with the default options' (its row "tests"). Not the backend optimisation level: level 0
-# miscompiles (tests/runner_util.py). A jaxlib that no longer knows a flag would abort every
-# process, so a child process tries them first and they are left out, with a warning, if it
-# fails.
+# miscompiles (tests/runner_util.py). To test at XLA's defaults, set XLA_FLAGS to
+# "--xla_cpu_use_fusion_emitters=true --xla_llvm_disable_expensive_passes=false" (a flag's
+# last value wins). A jaxlib that no longer knows a flag would abort every process, so a
+# child process tries them first and they are left out, with a warning, if it fails.
 
 
 def _with_test_xla_flags(environ) -> None:
@@ -66,7 +67,8 @@ def _with_test_xla_flags(environ) -> None:
     if probe.returncode == 0:
         environ["XLA_FLAGS"] = flags
     else:
-        message = f"XLA does not take {TEST_XLA_FLAGS!r}; the tests compile without them."
+        why = (probe.stderr.strip().splitlines() or ["no message"])[-1]
+        message = f"XLA does not take {TEST_XLA_FLAGS!r} ({why}); the tests compile without them."
         warnings.warn(message, stacklevel=1)
 
 
