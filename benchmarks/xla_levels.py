@@ -25,8 +25,11 @@ import subprocess
 import sys
 
 # The options the test suite compiles with (tests/conftest.py reads them from here): the
-# legacy XLA:CPU fusion emitters and LLVM without its expensive passes.
-TEST_XLA_FLAGS = "--xla_cpu_use_fusion_emitters=false --xla_llvm_disable_expensive_passes=true"
+# legacy XLA:CPU fusion emitters, LLVM without its expensive passes, optimisation level 1.
+TEST_XLA_FLAGS = (
+    "--xla_cpu_use_fusion_emitters=false --xla_llvm_disable_expensive_passes=true "
+    "--xla_backend_optimization_level=1"
+)
 OPTIONS = {
     "level 0": "--xla_backend_optimization_level=0",
     "level 1": "--xla_backend_optimization_level=1",

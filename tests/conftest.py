@@ -42,14 +42,18 @@ os.environ.setdefault("NPROC", "1")
 # legacy fusion emitters and LLVM without its expensive passes compiled five test files
 # (typical, kmeans, coverage, train, learners) in 55 s instead of 90 s, their wall time 87 s
 # instead of 125 s (`python -m benchmarks.compile_profile -- python -m pytest -n 0 FILES`);
-# the whole suite 425 s instead of 554 s, one run after the other.
+# the whole suite 425 s instead of 554 s, one run after the other. The backend optimisation
+# level 1 on top (LLVM's -O1 instead of -O2) compiled the toy VGG16's training step about a
+# fifth faster again; the suite took 440 s and 727 s of user CPU instead of 500 s and 843 s
+# (one run after the other, same hour).
 # They compute the same programs to float rounding, which every test tolerates (they hold
 # across CPUs): `python -m benchmarks.xla_levels` compares jit with eager, and a 3-step fit
-# with the default options' (its row "tests"). Not the backend optimisation level: level 0
-# miscompiles (tests/runner_util.py). To test at XLA's defaults, set XLA_FLAGS to
-# "--xla_cpu_use_fusion_emitters=true --xla_llvm_disable_expensive_passes=false" (a flag's
-# last value wins). A jaxlib that no longer knows a flag would abort every process, so a
-# child process tries them first and they are left out, with a warning, if it fails.
+# with the default options' (its row "tests"). Not level 0: it miscompiles
+# (tests/runner_util.py). To test at XLA's defaults, set XLA_FLAGS to
+# "--xla_cpu_use_fusion_emitters=true --xla_llvm_disable_expensive_passes=false
+# --xla_backend_optimization_level=2" (a flag's last value wins). A jaxlib that no longer
+# knows a flag would abort every process, so a child process tries them first and they are
+# left out, with a warning, if it fails.
 
 
 def _with_test_xla_flags(environ) -> None:

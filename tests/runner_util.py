@@ -21,9 +21,9 @@ TINY = [
 def runner_env():
     """The environment of the runner subprocesses: one XLA device (the two pytest workers
     already keep both cores busy, so the runner's per-core default would only add sharded
-    compilations; tests/cpu_devices_test.py tests that default), XLA's default optimisation
-    level with the suite's faster-compiling options (conftest.py's `TEST_XLA_FLAGS`, which
-    reach every subprocess through XLA_FLAGS).
+    compilations; tests/cpu_devices_test.py tests that default), and the suite's
+    faster-compiling options (conftest.py's `TEST_XLA_FLAGS`, optimisation level 1 among
+    them, which reach every subprocess through XLA_FLAGS).
 
     Not `--xla_backend_optimization_level=0`, which these tests used until it was found to
     compute other numbers (`python -m benchmarks.xla_levels`): at level 0 `jit(value_and_grad)`
