@@ -8,6 +8,7 @@ import math
 import os
 import shlex
 import sys
+import tarfile
 
 import jax
 import numpy as np
@@ -237,7 +238,7 @@ def test_bal_run_reports_every_phase(tmp_path, monkeypatch):
     from benchmarks import bal_run
 
     # The preset at toy size on a folder of its shapes: the real CIFAR-10 tarball would be
-    # unpacked and decoded (60,000 JPEGs) only to keep 400 images; the cifar10_cpu smoke test
+    # read and decoded (60,000 JPEGs) only to keep 400 images; the cifar10_cpu smoke test
     # of runner_cli_test reads the real one.
     data = _toy_folder(tmp_path / "toy", train_per_class=30, test_per_class=10)
     # One cycle: every phase is timed in it (a second adds only its compilations).
@@ -315,3 +316,16 @@ def test_compile_profile_logs_every_python_process_of_a_command():
     assert "| python -c | 2 |" in text
     assert "| `jit(<lambda>)` | 2 | 1 |" in text
     assert "| tests/x_test.py | 1 |" in text
+
+
+def test_archive_load_compares_both_ways_on_the_same_images(tmp_path):
+    from benchmarks import archive_load
+
+    src = _toy_folder(tmp_path / "toy", train_per_class=2, test_per_class=1).split(":", 1)[1]
+    tarball = tmp_path / "toy.tar.gz"
+    with tarfile.open(tarball, "w:gz") as tar:
+        tar.add(src, arcname="toy")
+    out = archive_load.compare(str(tarball), rounds=2)
+    assert "30 images, 2 rounds" in out
+    assert "| read in memory |" in out and "| unpacked, then read |" in out
+    assert out.endswith("x faster.")

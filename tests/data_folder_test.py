@@ -1,5 +1,6 @@
 """Tests for the image-folder source (bal_jax/data/folder.py, archive.py, cache.py, decode.py)."""
 
+import hashlib
 import logging
 import os
 import tarfile
@@ -198,36 +199,97 @@ def test_val_folder_serves_as_test_split(tmp_path):
     assert len(ds.test_ids) == 4 and ds.test_ids[0].startswith("val/")
 
 
-@pytest.mark.parametrize("suffix", [".tar.gz", ".tgz"])
-def test_tarball_is_extracted_once_and_loads_like_the_folder(tmp_path, monkeypatch, suffix):
+def _tar(path, *entries, mode="w:gz"):
+    """A tarball of (source path, name in the archive) pairs."""
+    with tarfile.open(path, mode) as tar:
+        for src, name in entries:
+            tar.add(src, arcname=name)
+    return path
+
+
+@pytest.mark.parametrize(("suffix", "mode"), [(".tar.gz", "w:gz"), (".tgz", "w:gz"), (".tar", "w")])
+def test_tarball_is_read_once_in_memory_and_loads_like_the_folder(
+    tmp_path, monkeypatch, suffix, mode
+):
     src = tmp_path / "src"
     make_tree(src / "toy")
-    tarball = tmp_path / f"toy{suffix}"
-    with tarfile.open(tarball, "w:gz") as tar:
-        tar.add(src / "toy", arcname="toy")
+    (src / "toy" / "train" / ".hidden").mkdir()
+    _save(str(src / "toy" / "train" / ".hidden" / "x.png"), np.zeros((12, 12, 3), np.uint8))
+    tarball = _tar(tmp_path / f"toy{suffix}", (src / "toy", "toy"), mode=mode)
     cache_dir = tmp_path / "cache"
     ds = load_dataset(f"folder:{tarball}", cache_dir=str(cache_dir))
-    ref = folder.load_folder(str(src / "toy"), cache_dir=str(cache_dir))
-    assert ds.name == "folder:toy"
+    ref = folder.load_folder(str(src / "toy"), cache_dir=str(tmp_path / "ref_cache"))
+    assert ds.name == "folder:toy" and ds.class_names == ref.class_names
     for field in ("train_images", "train_labels", "train_ids", "test_images", "test_ids"):
         np.testing.assert_array_equal(getattr(ds, field), getattr(ref, field))
-    (extracted,) = (cache_dir / "extracted").iterdir()
-    assert extracted.name.startswith("toy-") and (extracted / "toy" / "train").is_dir()
+    # Nothing unpacked: one cache file of decoded arrays.
+    assert [p.parent.name for p in cache_dir.rglob("*") if p.is_file()] == ["archives"]
 
-    def no_extract(*a, **k):
-        raise AssertionError("extracted twice")
+    def no_read(*a, **k):
+        raise AssertionError("read twice")
 
-    monkeypatch.setattr(tarfile, "open", no_extract)
+    monkeypatch.setattr(tarfile, "open", no_read)
     again = load_dataset(f"folder:{tarball}", cache_dir=str(cache_dir))
+    assert again.name == "folder:toy"
     np.testing.assert_array_equal(again.train_images, ds.train_images)
+    np.testing.assert_array_equal(again.test_ids, ds.test_ids)
+    monkeypatch.undo()
+
+    # A replaced archive is read anew, and its earlier cache file removed.
+    os.utime(tarball, ns=(1, 1))
+    load_dataset(f"folder:{tarball}", cache_dir=str(cache_dir))
+    assert len(list((cache_dir / "archives").iterdir())) == 1
+
+
+def test_tarball_with_train_at_its_top_links_and_unreadable_members(tmp_path, caplog):
+    src = tmp_path / "src"
+    make_tree(src)
+    (src / "train" / "cat" / "broken.png").write_bytes(b"not a png")
+    os.symlink("0.png", src / "train" / "cat" / "link.png")
+    tarball = _tar(tmp_path / "flat.tar.gz", (src / "train", "train"), (src / "test", "test"))
+    with caplog.at_level(logging.WARNING):
+        ds = folder.load_folder(str(tarball), cache_dir=str(tmp_path / "cache"))
+    assert ds.name == "folder:flat" and len(ds.train_ids) == 7
+    assert f"{tarball}/train/cat/broken.png" in caplog.text
+    assert f"{tarball}/train/cat/link.png: a link" in caplog.text
+    assert "Skipped 2 unreadable" in caplog.text
+
+
+def test_old_unpacked_copies_are_removed(tmp_path):
+    src = tmp_path / "src"
+    make_tree(src / "toy")
+    tarball = _tar(tmp_path / "toy.tar.gz", (src / "toy", "toy"))
+    key = hashlib.sha256(str(tarball).encode()).hexdigest()[:8]
+    old = tmp_path / "cache" / "extracted"
+    (old / f"toy-{key}-0123abcd" / "toy").mkdir(parents=True)
+    (old / f"other-{key}-0123abcd").mkdir()
+    folder.load_folder(str(tarball), cache_dir=str(tmp_path / "cache"))
+    assert [p.name for p in old.iterdir()] == [f"other-{key}-0123abcd"]
+
+
+@pytest.mark.parametrize(
+    ("layout", "match"),
+    [
+        ({"a/train/cat/0.png": 1, "b/test/cat/0.png": 1}, "has no train/ folder"),
+        ({"train/cat/0.png": 1}, "no test/"),
+        ({"../evil/train/cat/0.png": 1}, "points outside it"),
+    ],
+)
+def test_bad_archives_are_refused_in_one_sentence(tmp_path, layout, match):
+    png = tmp_path / "x.png"
+    _save(str(png), np.zeros((4, 4, 3), np.uint8))
+    tarball = _tar(tmp_path / "bad.tar.gz", *((png, name) for name in layout))
+    with pytest.raises(ValueError, match=match):
+        folder.load_folder(str(tarball), cache_dir=str(tmp_path / "cache"))
+    assert not (tmp_path / "cache" / "archives").exists()
 
 
 def test_damaged_tarball_gives_a_clear_error(tmp_path):
     bad = tmp_path / "broken.tar.gz"
     bad.write_bytes(b"\x1f\x8b not really gzip")
-    with pytest.raises(ValueError, match="Cannot unpack archive"):
+    with pytest.raises(ValueError, match="Cannot read archive"):
         load_dataset(f"folder:{bad}", cache_dir=str(tmp_path / "cache"))
-    assert not list((tmp_path / "cache" / "extracted").iterdir())  # No half tree left behind.
+    assert not (tmp_path / "cache" / "archives").exists()
 
 
 def test_decode_image_modes_and_resize():
@@ -285,7 +347,7 @@ def test_cifar10_jpg_tarball_subset(tmp_path):
 
 @pytest.mark.skipif(
     not os.path.exists(CIFAR_TARBALL) or os.environ.get("BAL_JAX_TEST_FULL_CIFAR") != "1",
-    reason="opt-in (BAL_JAX_TEST_FULL_CIFAR=1): unpacks and decodes all 60,000 images once",
+    reason="opt-in (BAL_JAX_TEST_FULL_CIFAR=1): reads and decodes all 60,000 images once",
 )
 def test_cifar10_jpg_tarball_full():
     ds = load_dataset(f"folder:{CIFAR_TARBALL}")  # Default cache dir: decoded once, then reused.
