@@ -329,3 +329,38 @@ def test_archive_load_compares_both_ways_on_the_same_images(tmp_path):
     assert "30 images, 2 rounds" in out
     assert "| read in memory |" in out and "| unpacked, then read |" in out
     assert out.endswith("x faster.")
+
+
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_suite_timeline_logs_each_test_once_where_it_ran(tmp_path, workers):
+    import json
+    import subprocess
+
+    from benchmarks import suite_timeline
+
+    (tmp_path / "pytest.ini").write_text("[pytest]\n")
+    (tmp_path / "a_test.py").write_text("def test_a():\n    pass\n\ndef test_b():\n    pass\n")
+    (tmp_path / "b_test.py").write_text("def test_c():\n    pass\n")
+    log = tmp_path / "timeline.jsonl"
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, BAL_JAX_TIMELINE=str(log), PYTHONPATH=root)
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "benchmarks.suite_timeline", "-n", workers]
+    files = [str(tmp_path / "a_test.py"), str(tmp_path / "b_test.py")]
+    proc = subprocess.run(
+        [*cmd, "-c", str(tmp_path / "pytest.ini"), *files],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    events = [json.loads(line) for line in log.read_text().splitlines()]
+    assert sorted((e["test"].split("::")[1], e["event"]) for e in events) == sorted(
+        (t, ev) for t in ("test_a", "test_b", "test_c") for ev in ("start", "end")
+    )
+    assert {e["worker"] for e in events} <= ({"main"} if workers == "0" else {"gw0", "gw1"})
+    text = suite_timeline.summary(log.read_text().splitlines())
+    assert "a_test.py" in text and "b_test.py" in text and ": ends at" in text
+    with pytest.raises(ValueError, match="empty"):
+        suite_timeline.summary([])
