@@ -22,23 +22,26 @@ import time
 _ENV = "BAL_JAX_TIMELINE"
 
 
-_controller = False  # an xdist controller: it sees every worker's reports, runs no test
+_worker: str | None = None  # "gw0", ...; "main" without xdist; None: an xdist controller,
+# which sees every worker's reports but runs no test.
 
 
 def _log(nodeid: str, event: str) -> None:
     path = os.environ.get(_ENV)
-    if not path or _controller:
+    if not path or _worker is None:
         return
-    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
-    line = {"worker": worker, "test": nodeid, "event": event, "t": time.time()}
+    line = {"worker": _worker, "test": nodeid, "event": event, "t": time.time()}
     with open(path, "a") as f:
         f.write(json.dumps(line) + "\n")
 
 
 def pytest_configure(config) -> None:
-    global _controller
-    worker = "PYTEST_XDIST_WORKER" in os.environ
-    _controller = not worker and bool(getattr(config.option, "numprocesses", None))
+    # From the config, not PYTEST_XDIST_WORKER: a pytest started by a test inherits that.
+    global _worker
+    if hasattr(config, "workerinput"):
+        _worker = config.workerinput["workerid"]
+    elif not getattr(config.option, "numprocesses", None):
+        _worker = "main"
 
 
 def pytest_runtest_logstart(nodeid, location) -> None:
