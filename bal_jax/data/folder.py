@@ -256,8 +256,8 @@ def _load_archive(path: str, image_size, cache_dir: str):
     path = os.path.abspath(path)
     st = os.stat(path)
     key = cache.fingerprint([(path, st.st_size, st.st_mtime_ns)], image_size=image_size)
-    where = hashlib.sha256(path.encode()).hexdigest()[:8]
-    prefix = f"{archive.archive_stem(path)}-{where}-"
+    path_key = hashlib.sha256(path.encode()).hexdigest()[:8]
+    prefix = f"{archive.archive_stem(path)}-{path_key}-"
     cache_file = os.path.join(cache_dir, "archives", f"{prefix}{key}.npz")
     arrays = cache.load_npz(cache_file)
     if arrays is not None:
