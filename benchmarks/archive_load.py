@@ -4,8 +4,9 @@ unpacking it to disk first and loading the folder (what bal_jax did before 2026-
     python -m benchmarks.archive_load [--archive=../shared/datasets/cifar10-jpg.tar.gz] [--rounds=3]
 
 Each round loads the archive both ways, alternating which goes first, each into a fresh empty
-cache folder (so nothing is decoded from an earlier cache); prints the median seconds of each
-and their ratio, and the disk each way leaves in its cache.
+cache folder (so nothing is decoded from an earlier cache); prints the median wall, user CPU
+and system CPU seconds of each, the ratio of the wall times, and the disk each way leaves in
+its cache.
 """
 
 from __future__ import annotations
@@ -47,28 +48,41 @@ def unpacked(archive: str, cache_dir: str) -> int:
 
 
 def compare(archive: str, rounds: int) -> str:
-    """The markdown table of both ways' median seconds and cache sizes, and their ratio."""
+    """The markdown table of both ways' medians (wall, user and system CPU seconds), cache
+    sizes, and the ratio of their wall times."""
     ways = {"read in memory": in_memory, "unpacked, then read": unpacked}
-    seconds = {name: [] for name in ways}
+    times = {name: [] for name in ways}  # (wall, user, system) per round
     disk, images = {}, set()
     for r in range(rounds):
         order = list(ways) if r % 2 == 0 else list(ways)[::-1]
         for name in order:
             with tempfile.TemporaryDirectory() as cache_dir:
-                t = time.perf_counter()
+                t, cpu = time.perf_counter(), os.times()
                 images.add(ways[name](archive, cache_dir))
-                seconds[name].append(time.perf_counter() - t)
+                after = os.times()
+                times[name].append(
+                    (
+                        time.perf_counter() - t,
+                        after.user - cpu.user,
+                        after.system - cpu.system,
+                    )
+                )
                 disk[name] = _disk(cache_dir)
     assert len(images) == 1, images  # both ways load the same images
-    median = {name: statistics.median(s) for name, s in seconds.items()}
+    median = {n: [statistics.median(col) for col in zip(*t, strict=True)] for n, t in times.items()}
     lines = [
         f"`{archive}`: {images.pop():,} images, {rounds} rounds, medians.",
         "",
-        "| first load | seconds | cache on disk |",
-        "|---|---|---|",
-        *(f"| {n} | {median[n]:.1f} | {disk[n] / 1e6:.0f} MB |" for n in ways),
+        "| first load | seconds | user CPU s | system CPU s | cache on disk |",
+        "|---|---|---|---|---|",
+        *(
+            f"| {n} | {median[n][0]:.1f} | {median[n][1]:.1f} | {median[n][2]:.1f} "
+            f"| {disk[n] / 1e6:.0f} MB |"
+            for n in ways
+        ),
         "",
-        f"Read in memory: {median['unpacked, then read'] / median['read in memory']:.2f}x faster.",
+        "Read in memory: "
+        f"{median['unpacked, then read'][0] / median['read in memory'][0]:.2f}x faster.",
     ]
     return "\n".join(lines)
 
